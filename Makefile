@@ -1,0 +1,45 @@
+# Everything a fresh machine needs: Python >= 3.11 and network access to the package registry.
+# `make repro` and `make test` bootstrap the environment themselves from the committed uv.lock.
+
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+STAMP := $(VENV)/.synced
+
+export DVC_NO_ANALYTICS := 1
+export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export HF_HUB_OFFLINE := 1
+# Stage commands in dvc.yaml call `python`: it must be the project environment's.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup repro test lint dag clean-env
+
+setup: $(STAMP)
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(STAMP): uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+repro: setup
+	$(VENV)/bin/dvc repro
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+dag: setup
+	$(VENV)/bin/dvc dag
+
+clean-env:
+	rm -rf $(TOOLS) $(VENV)

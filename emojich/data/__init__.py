@@ -1,0 +1,1 @@
+"""Data handling: the scraped catalogue, image normalisation and splits."""

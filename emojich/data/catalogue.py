@@ -1,0 +1,91 @@
+"""The scraped catalogue: one row per image, shared by the offline builder and the web crawler.
+
+`data/raw/captions.csv` is the table every later stage reads. Rows are sorted by id and written
+with fixed formatting so an unchanged source gives a byte-identical file, which lets DVC skip
+everything downstream.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from emojich.storage import write_json_atomic, write_text_atomic
+
+CAPTIONS_FILE = "captions.csv"
+STATS_FILE = "stats.json"
+IMAGES_DIR = "images"
+
+_SPACES = re.compile(r"\s+")
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class CatalogueRow:
+    id: str  # stable, filesystem-safe: "<style>-<code points>" offline, "<host>-<url hash>" on the web
+    caption: str  # Russian, Unicode NFC, stripped, single spaces
+    image_path: str  # relative to the raw folder, e.g. "images/twemoji-1f600.png"
+    source: str  # URL, or "package==version:U+1F600"
+    style: str  # vendor or style label, e.g. "twemoji"
+    sha256: str  # of the image file as stored
+    licence: str
+
+
+COLUMNS = tuple(f.name for f in dataclasses.fields(CatalogueRow))
+
+
+def normalise_caption(text: str) -> str:
+    """NFC, strip, collapse inner whitespace. Case is kept: the text tokenizer lower-cases."""
+    return _SPACES.sub(" ", unicodedata.normalize("NFC", text)).strip()
+
+
+def catalogue_to_csv(rows: Iterable[CatalogueRow]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row in sorted(rows):
+        writer.writerow(dataclasses.astuple(row))
+    return buffer.getvalue()
+
+
+def write_catalogue(rows: Iterable[CatalogueRow], raw_dir: str | Path) -> Path:
+    rows = list(rows)
+    ids = Counter(row.id for row in rows)
+    duplicated = [row_id for row_id, count in ids.items() if count > 1]
+    if duplicated:
+        raise ValueError(f"duplicate catalogue ids: {', '.join(sorted(duplicated)[:5])}")
+    dest = Path(raw_dir) / CAPTIONS_FILE
+    write_text_atomic(dest, catalogue_to_csv(rows))
+    return dest
+
+
+def read_catalogue(path: str | Path) -> list[CatalogueRow]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = set(COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        return [CatalogueRow(**{name: record[name] for name in COLUMNS}) for record in reader]
+
+
+def catalogue_stats(rows: list[CatalogueRow], skipped: Counter[str], **extra: object) -> dict:
+    """Counts for `stats.json`: images, distinct captions, per style, and skips by reason."""
+    return {
+        "images": len(rows),
+        "captions": len({row.caption for row in rows}),
+        "styles": dict(sorted(Counter(row.style for row in rows).items())),
+        "skipped": dict(sorted(skipped.items())),
+        "skipped_total": sum(skipped.values()),
+        **extra,
+    }
+
+
+def write_stats(stats: dict, raw_dir: str | Path) -> Path:
+    dest = Path(raw_dir) / STATS_FILE
+    write_json_atomic(dest, stats)
+    return dest

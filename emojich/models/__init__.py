@@ -1,0 +1,1 @@
+"""Models: the ruDALL-E-compatible transformer, the image tokenizer and the upscaler."""

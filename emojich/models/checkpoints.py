@@ -1,0 +1,86 @@
+"""Loading weights in the published formats, strictly and with errors that name the tensor.
+
+`torch.load(..., weights_only=True)` everywhere: a checkpoint is data, never code to execute.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not match the model it is loaded into."""
+
+
+def read_state_dict(path: str | os.PathLike[str], wrappers: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+    """Read a `.bin`/`.pth`/`.ckpt` (torch pickle, weights only) or `.safetensors` file.
+
+    `wrappers` are keys a published file may nest its weights under (e.g. Real-ESRGAN's
+    `params_ema`/`params`, taming's `state_dict`); the first one present is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle errors come in many types; report them as one
+        raise CheckpointError(f"{path}: not a weights-only torch checkpoint ({error})") from error
+    for key in wrappers:
+        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+            state = state[key]
+            break
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return dict(state)
+
+
+def load_state_dict_strict(
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    optional: Iterable[str] = (),
+    source: str = "checkpoint",
+) -> None:
+    """Load `state` into `module`, requiring every key and shape to match.
+
+    Keys listed in `optional` (e.g. mask buffers some published files carry) may be absent
+    from `state`, and may also be present in `state` while the module does not hold them.
+    """
+    optional = set(optional)
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state) - optional)
+    unexpected = sorted(set(state) - set(expected) - optional)
+    problems = []
+    if missing:
+        problems.append(f"missing tensor(s): {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}")
+    if unexpected:
+        problems.append(
+            f"unexpected tensor(s): {', '.join(unexpected[:8])}{' …' if len(unexpected) > 8 else ''}"
+        )
+    for name, tensor in expected.items():
+        if name in state and tuple(state[name].shape) != tuple(tensor.shape):
+            problems.append(
+                f"tensor {name} has shape {tuple(state[name].shape)}, expected {tuple(tensor.shape)}"
+            )
+    if problems:
+        raise CheckpointError(f"{source} does not fit {type(module).__name__}: " + "; ".join(problems))
+    usable = {name: value for name, value in state.items() if name in expected}
+    module.load_state_dict(usable, strict=False)
+
+
+def save_safetensors(
+    module: nn.Module, path: str | os.PathLike[str], metadata: dict[str, str] | None = None
+) -> None:
+    """Save a module's tensors atomically as safetensors (contiguous, shared storage broken)."""
+    from emojich.storage import atomic_path
+
+    tensors = {name: tensor.detach().contiguous().clone() for name, tensor in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)

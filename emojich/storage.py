@@ -1,0 +1,73 @@
+"""Atomic file writing and content hashing.
+
+Every output goes to a temporary file in the destination folder first and is renamed into
+place, so a killed stage never leaves a half-written file behind (rename is atomic on POSIX
+within one filesystem, which is why the temporary lives beside the destination).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_CHUNK = 1 << 20
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; on success it replaces `dest`, on error it is removed."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(dest: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(dest: str | os.PathLike[str], text: str) -> None:
+    write_bytes_atomic(dest, text.encode("utf-8"))
+
+
+def dumps_json(obj: Any) -> str:
+    """Deterministic JSON: sorted keys, readable Cyrillic, trailing newline (stable DVC hashes)."""
+    return json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+
+
+def write_json_atomic(dest: str | os.PathLike[str], obj: Any) -> None:
+    write_text_atomic(dest, dumps_json(obj))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
+    """Delete temporaries left by a killed run (names made by `atomic_path`). Returns the count."""
+    removed = 0
+    for tmp in Path(folder).rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed

@@ -1,0 +1,1 @@
+"""One module per stage of dvc.yaml; each runs alone as `python -m stages.NAME`."""

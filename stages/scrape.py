@@ -1,0 +1,67 @@
+"""Stage `scrape`: build data/raw/ (images as served + captions.csv + stats.json).
+
+`scrape.source` picks the offline catalogue built from installed packages (default) or the
+web crawler configured in `scrape.web`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from pathlib import Path
+
+from emojich.data.catalogue import CatalogueRow, catalogue_stats, write_catalogue, write_stats
+from emojich.params import from_dict, load_section
+from emojich.storage import remove_stale_temporaries
+
+RAW_DIR = Path("data/raw")
+HTTP_CACHE_DIR = Path("data/cache/http")
+
+log = logging.getLogger("stages.scrape")
+
+
+@dataclasses.dataclass
+class ScrapeParams:
+    source: str = "offline"
+    user_agent: str = "emojich-scraper"
+    offline: dict = dataclasses.field(default_factory=dict)
+    web: dict = dataclasses.field(default_factory=dict)
+
+
+def scrape(
+    params: ScrapeParams, raw_dir: Path = RAW_DIR, cache_dir: Path = HTTP_CACHE_DIR
+) -> tuple[list[CatalogueRow], Counter[str], dict]:
+    if params.source == "offline":
+        from emojich.data.offline import OfflineConfig, build_offline_catalogue
+
+        config = from_dict(OfflineConfig, params.offline, "scrape.offline")
+        return build_offline_catalogue(config, raw_dir)
+    if params.source == "web":
+        from emojich.data.crawler import WebConfig, crawl
+
+        config = from_dict(WebConfig, params.web, "scrape.web")
+        return crawl(config, raw_dir, cache_dir, user_agent=params.user_agent)
+    raise ValueError(f"scrape.source must be 'offline' or 'web', got {params.source!r}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = from_dict(ScrapeParams, load_section("scrape"), "scrape")
+    RAW_DIR.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(RAW_DIR)
+    rows, skipped, extra = scrape(params)
+    write_catalogue(rows, RAW_DIR)
+    stats = catalogue_stats(rows, skipped, source=params.source, **extra)
+    write_stats(stats, RAW_DIR)
+    log.info(
+        "%d images, %d captions, %d skipped %s",
+        stats["images"],
+        stats["captions"],
+        stats["skipped_total"],
+        stats["skipped"],
+    )
+
+
+if __name__ == "__main__":
+    main()
