@@ -51,6 +51,10 @@ def main() -> None:
     RAW_DIR.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(RAW_DIR)
     rows, skipped, extra = scrape(params)
+    # Cache hits and download counts differ between runs; they go to the log, not the DVC metric.
+    http_counts = extra.pop("http", None)
+    if http_counts:
+        log.info("http: %s", http_counts)
     write_catalogue(rows, RAW_DIR)
     stats = catalogue_stats(rows, skipped, source=params.source, **extra)
     write_stats(stats, RAW_DIR)
