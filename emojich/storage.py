@@ -8,6 +8,7 @@ within one filesystem, which is why the temporary lives beside the destination).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -31,6 +32,14 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def _file_mode() -> int:
+    """The mode a plain `open()` would give a new file: mkstemp's 0600 would surprise users."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success it replaces `dest`, on error it is removed."""
@@ -39,6 +48,7 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, _file_mode())
     try:
         yield tmp
         os.replace(tmp, dest)

@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 
 import pytest
 
@@ -24,6 +25,9 @@ def test_atomic_path_replaces_only_on_success(tmp_path):
     with atomic_path(dest) as tmp:
         tmp.write_text("new")
     assert dest.read_text() == "new"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dest.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would, not mkstemp's 0600
 
 
 def test_json_is_deterministic_and_keeps_cyrillic(tmp_path):
