@@ -1,0 +1,487 @@
+"""The ruDALL-E-compatible text-to-image transformer (Malevich / Emojich).
+
+One sequence holds the caption tokens followed by the image's VQGAN codes in raster order;
+a decoder-only transformer predicts each next token. Parameter names and shapes follow the
+published checkpoints exactly, so `load_published` reads `pytorch_model_v3.bin` (Malevich,
+format "v3") and the Emojich `pytorch_model.bin` (format "v2") unchanged.
+
+Sequence layout (T = text_seq_length, G = image_tokens_per_dim):
+- v3: `[t_0 .. t_{T-1}, i_0 .. i_{G*G-1}]`, the image starts at position T;
+- v2: `[2, t_0 .. t_{T-1}, i_0 .. i_{G*G-2}]`, one extra leading token, so the text takes T + 1
+  positions and the final image token is never an input (the sequence stays T + G*G long).
+In both, the output at position `text_positions - 1 + j` predicts image token j.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emojich.models.checkpoints import (
+    CheckpointError,
+    load_state_dict_strict,
+    read_state_dict,
+    save_safetensors,
+)
+from emojich.models.masks import FORMATS, MASK_KINDS, build_mask, default_conv_kernel, layer_mask_kinds
+
+# Published files carry these buffers or not; ours never store them (they are derived from the config).
+MASK_BUFFER_NAMES = ("transformer.row_mask", "transformer.col_mask", "transformer.conv_mask")
+_CONFIG_METADATA_KEY = "emojich.dalle.config"
+_MASKED_SCORE = -10000.0  # the release's fill value for disallowed attention scores
+_V2_LEADING_TOKEN = 2  # the tokenizer's bos id, prepended by format v2
+
+
+@dataclass
+class DalleConfig:
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    text_seq_length: int
+    image_tokens_per_dim: int
+    vocab_size: int  # BPE tokens + one pad token per text position
+    image_vocab_size: int
+    format: str = "v3"
+    loss_img_weight: float = 7.0
+    attention_dropout: float = 0.1
+    output_dropout: float = 0.1
+    # The release builds a 0.1 embedding dropout but never applies it; 0.0 reproduces its training.
+    embedding_dropout: float = 0.0
+    layernorm_eps: float = 1e-5
+    # Side of the conv layer's causal window; None -> 11 at 32 x 32, scaled down for small grids.
+    conv_kernel: int | None = None
+    # Mask kind per layer ("row" / "column" / "conv"); None -> the release's rule for this depth.
+    layer_masks: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads"
+            )
+        if self.vocab_size <= self.text_seq_length:
+            raise ValueError("vocab_size must include one pad token per text position plus the BPE tokens")
+        if self.format == "v3" and self.image_vocab_size > self.vocab_size:
+            # The v3 loss scores the first image token against the text logits (see `Dalle.loss`).
+            raise ValueError("format v3 needs image_vocab_size <= vocab_size")
+        if self.conv_kernel is None:
+            self.conv_kernel = default_conv_kernel(self.image_tokens_per_dim)
+        if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+            raise ValueError(f"conv_kernel must be a positive odd number, got {self.conv_kernel}")
+        if self.layer_masks is None:
+            self.layer_masks = layer_mask_kinds(self.num_layers)
+        self.layer_masks = tuple(self.layer_masks)
+        if len(self.layer_masks) != self.num_layers or not set(self.layer_masks) <= set(MASK_KINDS):
+            raise ValueError(f"layer_masks must list one of {MASK_KINDS} per layer, got {self.layer_masks}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def image_seq_length(self) -> int:
+        return self.image_tokens_per_dim**2
+
+    @property
+    def text_positions(self) -> int:
+        """Sequence positions the text occupies: one more in v2 for the leading token."""
+        return self.text_seq_length + (1 if self.format == "v2" else 0)
+
+    @property
+    def seq_length(self) -> int:
+        return self.text_seq_length + self.image_seq_length
+
+    @property
+    def total_vocab_size(self) -> int:
+        return self.vocab_size + self.image_vocab_size
+
+    @classmethod
+    def preset(cls, name: str) -> DalleConfig:
+        """Named configurations: "malevich", "emojich" (published XL), "demo" (CPU), "tiny" (tests)."""
+        xl = dict(
+            num_layers=24,
+            hidden_size=2048,
+            num_attention_heads=16,
+            text_seq_length=128,
+            image_tokens_per_dim=32,
+            vocab_size=16384 + 128,
+            image_vocab_size=8192,
+        )
+        presets: dict[str, dict[str, Any]] = {
+            "malevich": dict(xl, format="v3", loss_img_weight=7),
+            "emojich": dict(xl, format="v2", loss_img_weight=1000),
+            # Trains from scratch in minutes on 2 CPU cores: BPE 1024 + 24 pads, 8 x 8 codes of a
+            # 512-entry codebook. v2 so every image token, the first included, is trained over
+            # the image vocabulary (v3's loss scores the first one against the text logits).
+            "demo": dict(
+                num_layers=4,
+                hidden_size=256,
+                num_attention_heads=8,
+                text_seq_length=24,
+                image_tokens_per_dim=8,
+                vocab_size=1024 + 24,
+                image_vocab_size=512,
+                format="v2",
+                loss_img_weight=7,
+            ),
+            # Three layers so row, column and conv layers all occur.
+            "tiny": dict(
+                num_layers=3,
+                hidden_size=64,
+                num_attention_heads=4,
+                text_seq_length=8,
+                image_tokens_per_dim=4,
+                vocab_size=32 + 8,
+                image_vocab_size=32,
+                format="v3",
+                loss_img_weight=7,
+            ),
+        }
+        if name not in presets:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
+        return cls(**presets[name])
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["layer_masks"] = list(self.layer_masks or ())
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DalleConfig:
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown DalleConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> DalleConfig:
+        return cls.from_dict(json.loads(text))
+
+    def differences(self, other: DalleConfig) -> list[str]:
+        """Human-readable `field: ours != theirs` lines."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [f"{key}: {mine[key]!r} != {theirs[key]!r}" for key in mine if mine[key] != theirs[key]]
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    # The release uses the tanh approximation; exact erf GELU would shift every activation slightly.
+    return F.gelu(x, approximate="tanh")
+
+
+def masked_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> torch.Tensor:
+    """Softmax attention as released, `[b, heads, s, d]` in and out; `mask` is `[s_q, s_k]` bool.
+
+    The query is scaled by 1/sqrt(d) *before* the product so fp16 products stay in range.
+    Disallowed scores are set to -10000 (not -inf), as released. PB-relax (CogView) then
+    subtracts each (batch, head) maximum over the whole score matrix; the release divides by
+    alpha = 32 before and multiplies after, which is exact in binary floating point and is
+    therefore omitted. The shift cancels in the softmax, which runs in fp32.
+    """
+    scores = torch.matmul(query * (1.0 / math.sqrt(query.shape[-1])), key.transpose(-1, -2))
+    scores = scores.masked_fill(~mask, _MASKED_SCORE)
+    scores = scores - scores.detach().amax(dim=(-2, -1), keepdim=True)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    probs = F.dropout(probs, dropout, training)
+    return torch.matmul(probs, value)
+
+
+class Embedding(nn.Embedding):
+    """`nn.Embedding` initialised N(0, 0.02), and not at all on the meta device.
+
+    (Random init of a meta tensor computes nothing but drags in a slow first-time import of
+    torch's reference ops; skipping it keeps building the XL model on `meta` instant.)
+    """
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            nn.init.normal_(self.weight, std=0.02)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: DalleConfig) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.head_dim = cfg.head_dim
+        self.attention_dropout = cfg.attention_dropout
+        self.query_key_value = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)  # q, k, v concatenated
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.output_dropout = nn.Dropout(cfg.output_dropout)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`[b, s, h]` -> query, key, value as `[b, heads, s, head_dim]`."""
+        b, s, _ = x.shape
+        qkv = self.query_key_value(x).view(b, s, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
+
+    def merge(self, context: torch.Tensor) -> torch.Tensor:
+        """`[b, heads, s, head_dim]` attention context -> output projection `[b, s, h]`."""
+        b, _, s, _ = context.shape
+        return self.output_dropout(self.dense(context.transpose(1, 2).reshape(b, s, -1)))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.project(x)
+        context = masked_attention(q, k, v, mask, self.attention_dropout, self.training)
+        return self.merge(context)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: DalleConfig) -> None:
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(cfg.hidden_size, 4 * cfg.hidden_size)
+        self.dense_4h_to_h = nn.Linear(4 * cfg.hidden_size, cfg.hidden_size)
+        self.dropout = nn.Dropout(cfg.output_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.dense_4h_to_h(gelu_tanh(self.dense_h_to_4h(x))))
+
+
+class TransformerLayer(nn.Module):
+    """CogView "sandwich" layer: each branch output is normalised again before the residual add,
+    which keeps the residual stream from growing in deep fp16 training."""
+
+    def __init__(self, cfg: DalleConfig) -> None:
+        super().__init__()
+        eps = cfg.layernorm_eps
+        self.input_layernorm = nn.LayerNorm(cfg.hidden_size, eps=eps)
+        self.attention = SelfAttention(cfg)
+        self.before_first_addition_layernorm = nn.LayerNorm(cfg.hidden_size, eps=eps)
+        self.post_attention_layernorm = nn.LayerNorm(cfg.hidden_size, eps=eps)
+        self.mlp = MLP(cfg)
+        self.before_second_addition_layernorm = nn.LayerNorm(cfg.hidden_size, eps=eps)
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The second half of the layer (after the attention residual), shared with cached decoding."""
+        return x + self.before_second_addition_layernorm(self.mlp(self.post_attention_layernorm(x)))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.before_first_addition_layernorm(self.attention(self.input_layernorm(x), mask))
+        return self.feed_forward(x)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: DalleConfig) -> None:
+        super().__init__()
+        self.layer_masks = cfg.layer_masks or ()
+        self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_layers))
+        self.final_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_eps)
+        # Derived from the config, so not persistent: our checkpoints never carry them, and
+        # `load_published` accepts files that do. Always built on the CPU (vectorised: a few ms
+        # for the 1152 x 1152 XL masks), also when the model is built on `meta`, where they
+        # would be useless; `.to(device)` moves them with the model.
+        for kind, name in zip(MASK_KINDS, ("row_mask", "col_mask", "conv_mask"), strict=True):
+            mask = build_mask(
+                kind, cfg.text_seq_length, cfg.image_tokens_per_dim, cfg.format, cfg.conv_kernel, device="cpu"
+            )
+            self.register_buffer(name, mask, persistent=False)
+
+    def mask_for(self, kind: str) -> torch.Tensor:
+        return {"row": self.row_mask, "column": self.col_mask, "conv": self.conv_mask}[kind]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.shape[1]
+        for layer, kind in zip(self.layers, self.layer_masks, strict=True):
+            x = layer(x, self.mask_for(kind)[:s, :s].to(x.device))
+        return self.final_layernorm(x)
+
+
+class Dalle(nn.Module):
+    def __init__(self, cfg: DalleConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        h = cfg.hidden_size
+        self.text_embeddings = Embedding(cfg.vocab_size, h)
+        self.image_embeddings = Embedding(cfg.image_vocab_size, h)
+        # T + 1 rows in both formats: v2 uses all of them, v3 leaves the last one unused.
+        self.text_pos_embeddings = Embedding(cfg.text_seq_length + 1, h)
+        self.image_row_embeddings = Embedding(cfg.image_tokens_per_dim, h)
+        self.image_col_embeddings = Embedding(cfg.image_tokens_per_dim, h)
+        self.embedding_dropout = nn.Dropout(cfg.embedding_dropout)
+        self.transformer = Transformer(cfg)
+        self.to_logits = nn.Sequential(
+            nn.LayerNorm(h, eps=cfg.layernorm_eps), nn.Linear(h, cfg.total_vocab_size)
+        )
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # GPT-style N(0, 0.02) for training from scratch (the release used it for positions);
+        # pretrained weights overwrite all of this. Embeddings initialise themselves.
+        if isinstance(module, nn.Linear) and not module.weight.is_meta:
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    # ----- embeddings -----
+
+    def text_tokens(self, text_ids: torch.Tensor) -> torch.Tensor:
+        """Caption ids `[b, T]` -> the model's text tokens `[b, text_positions]`.
+
+        Pad (id 0) at position i becomes its own token `vocab_size - T + i`, so the model knows
+        how far into the padding it is; format v2 then prepends token 2.
+        """
+        cfg = self.config
+        if text_ids.ndim != 2 or text_ids.shape[1] != cfg.text_seq_length:
+            raise ValueError(f"text_ids must be [batch, {cfg.text_seq_length}], got {tuple(text_ids.shape)}")
+        pads = torch.arange(cfg.text_seq_length, device=text_ids.device) + (
+            cfg.vocab_size - cfg.text_seq_length
+        )
+        tokens = torch.where(text_ids == 0, pads, text_ids)
+        if cfg.format == "v2":
+            tokens = F.pad(tokens, (1, 0), value=_V2_LEADING_TOKEN)
+        return tokens
+
+    def _shrink_gradient(self, e: torch.Tensor) -> torch.Tensor:
+        # The release scales the embeddings' gradient by 0.1 (value unchanged) to calm early
+        # training; skipped without autograd, where it could only add rounding.
+        if torch.is_grad_enabled():
+            return e * 0.1 + e.detach() * 0.9
+        return e
+
+    def embed_text(self, text_tokens: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(text_tokens.shape[1], device=text_tokens.device)
+        e = self.text_embeddings(text_tokens) + self.text_pos_embeddings(positions)
+        return self.embedding_dropout(self._shrink_gradient(e))
+
+    def embed_image(self, image_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Embed image codes `[b, n]` that sit at image positions `start .. start + n - 1`."""
+        grid = self.config.image_tokens_per_dim
+        positions = torch.arange(start, start + image_ids.shape[1], device=image_ids.device)
+        e = (
+            self.image_embeddings(image_ids)
+            + self.image_row_embeddings(positions // grid)
+            + self.image_col_embeddings(positions % grid)
+        )
+        return self.embedding_dropout(self._shrink_gradient(e))
+
+    def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the image vocabulary only, from final hidden states (a slice of `to_logits`)."""
+        norm, proj = self.to_logits[0], self.to_logits[1]
+        vocab = self.config.vocab_size
+        return F.linear(norm(hidden), proj.weight[vocab:], proj.bias[vocab:])
+
+    # ----- forward -----
+
+    def forward(
+        self, text_ids: torch.Tensor, image_ids: torch.Tensor | None = None, return_loss: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits `[b, L, vocab_size + image_vocab_size]` at every position, as released.
+
+        `image_ids` may hold any prefix of the image (0 .. G*G codes). With `return_loss=True`
+        (full image required) returns `(loss, {"text": ..., "image": ...})` instead.
+        """
+        cfg = self.config
+        tokens = self.text_tokens(text_ids)
+        parts = [self.embed_text(tokens)]
+        if image_ids is None:
+            image_ids = text_ids.new_zeros((text_ids.shape[0], 0))
+        if image_ids.ndim != 2 or image_ids.shape[1] > cfg.image_seq_length:
+            raise ValueError(
+                f"image_ids must be [batch, <= {cfg.image_seq_length}], got {tuple(image_ids.shape)}"
+            )
+        # v2's leading token pushes the last image code out of the sequence; it is only ever a label.
+        usable = image_ids[:, : cfg.seq_length - cfg.text_positions]
+        if usable.shape[1]:
+            parts.append(self.embed_image(usable))
+        hidden = self.transformer(torch.cat(parts, dim=1))
+        logits = self.to_logits(hidden)
+        if not return_loss:
+            return logits
+        return self.loss(logits, tokens, image_ids)
+
+    def loss(
+        self, logits: torch.Tensor, text_tokens: torch.Tensor, image_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted next-token cross-entropy, with the release's label layout.
+
+        `labels = cat(text_tokens[:, 1:], image)`: the output at position p is scored against the
+        token at p + 1. The first T labels use the text logits, the rest the image logits;
+        `loss = (text + w * image) / (w + 1)`. In v3 the T-th label is the first image code,
+        scored against the *text* logits, exactly as released (so v3 never trains the image
+        logits of the first code); v2's extra leading token makes all image codes image labels.
+        """
+        cfg = self.config
+        if image_ids.shape[1] != cfg.image_seq_length:
+            raise ValueError(
+                f"the loss needs all {cfg.image_seq_length} image codes, got {image_ids.shape[1]}"
+            )
+        labels = torch.cat((text_tokens[:, 1:], image_ids), dim=1)
+        t = cfg.text_seq_length
+        text_logits = logits[:, :t, : cfg.vocab_size].float()
+        image_logits = logits[:, t : labels.shape[1], cfg.vocab_size :].float()
+        loss_text = F.cross_entropy(text_logits.reshape(-1, cfg.vocab_size), labels[:, :t].reshape(-1))
+        loss_img = F.cross_entropy(image_logits.reshape(-1, cfg.image_vocab_size), labels[:, t:].reshape(-1))
+        w = cfg.loss_img_weight
+        loss = (loss_text + w * loss_img) / (w + 1)
+        return loss, {"text": loss_text.detach(), "image": loss_img.detach()}
+
+    # ----- checkpoints -----
+
+    def load_published(self, path: str | os.PathLike[str]) -> Dalle:
+        """Load a published ruDALL-E file (e.g. `pytorch_model_v3.bin`) strictly, mask buffers optional."""
+        state = read_state_dict(path)
+        load_state_dict_strict(self, state, optional=MASK_BUFFER_NAMES, source=str(path))
+        return self
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Our own checkpoint: safetensors with the config as JSON in the metadata."""
+        save_safetensors(self, path, metadata={_CONFIG_METADATA_KEY: self.config.to_json()})
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        expected: DalleConfig | None = None,
+        device: torch.device | str = "cpu",
+    ) -> Dalle:
+        """Rebuild a model saved by `save`; `expected` guards against a checkpoint of another config."""
+        from safetensors import safe_open
+
+        stored = read_config(path)
+        if expected is not None and expected != stored:
+            diff = "; ".join(stored.differences(expected))
+            raise CheckpointError(f"{path} was saved for another config (stored != expected: {diff})")
+        model = cls(stored)
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        load_state_dict_strict(model, state, source=str(path))
+        return model.to(device)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def read_config(path: str | os.PathLike[str]) -> DalleConfig:
+    """The DalleConfig stored in a checkpoint written by `Dalle.save`."""
+    from safetensors import SafetensorError, safe_open
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path}: not a safetensors checkpoint ({error})") from error
+    if _CONFIG_METADATA_KEY not in metadata:
+        raise CheckpointError(f"{path}: no {_CONFIG_METADATA_KEY} in its metadata; not saved by Dalle.save")
+    return DalleConfig.from_json(metadata[_CONFIG_METADATA_KEY])

@@ -1,0 +1,331 @@
+"""Fast image sampling from the ruDALL-E transformer with a static key/value cache.
+
+Per image token the release re-normalises and re-projects the whole sequence to logits,
+grows its cache by concatenation and scores images with a second forward pass. Here:
+
+- keys and values live in one cache `[layers, batch, heads, seq, head_dim]` allocated once
+  and written by position;
+- the text is run once (prefill), then each step embeds and runs a single token (decode);
+- a step computes logits for that one position and over the image vocabulary only
+  (a row slice of `to_logits`);
+- attention reads only the keys the layer's sparse mask allows: text plus the last `grid + 1`
+  image keys for row layers, text plus a strided same-column view for column layers, text
+  plus a gathered neighbourhood for the conv layer. The key sets are derived from the very
+  masks the full forward uses, so cached logits equal full-forward logits;
+- image scores (mean negative log-likelihood of the sampled codes under the model's raw,
+  unfiltered temperature-1 distribution over the image vocabulary) are accumulated from the
+  same logits, with no second pass. Raw rather than filtered: a score should rank images by
+  how likely the model finds them, not by the sampler settings that produced them.
+
+Reproducibility: image i draws its random numbers from its own CPU generator seeded from
+`(seed, i)`, by inverse-CDF sampling, so an image does not depend on the batch it ran in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from emojich.models.dalle import Dalle, masked_attention
+from emojich.models.masks import build_mask
+
+# A run of allowed keys as a (possibly strided) slice, or the explicit positions of a scattered set.
+Segment = slice | torch.Tensor
+
+
+@dataclass
+class SampleResult:
+    codes: torch.Tensor  # [N, grid * grid] long: image codes in raster order
+    scores: torch.Tensor  # [N] float: mean NLL per code (lower = more likely)
+
+
+# ----- sampling filters -----
+
+
+def _check_sampling_args(top_k: int, top_p: float, temperature: float = 1.0) -> None:
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if not temperature > 0.0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+
+
+def _candidates(logits: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-k logits in descending order (and their ids), with those outside top-p set to -inf."""
+    values, indices = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
+    if top_p < 1.0:
+        probs = torch.softmax(values, dim=-1)
+        mass_before = torch.cumsum(probs, dim=-1) - probs
+        # Keep a candidate while the mass before it is below p: the smallest set reaching p.
+        # The first candidate always stays (its mass_before is 0 < p).
+        values = values.masked_fill(mass_before >= top_p, -math.inf)
+    return values, indices
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float = 1.0) -> torch.Tensor:
+    """Top-k then nucleus (top-p) filtering over the last dimension; removed entries become -inf.
+
+    `top_k=1` keeps only the argmax; top-p keeps the smallest set of most likely tokens whose
+    probability mass reaches `top_p` (after top-k). Apply temperature before calling.
+    """
+    _check_sampling_args(top_k, top_p)
+    values, indices = _candidates(logits, top_k, top_p)
+    return torch.full_like(logits, -math.inf).scatter(-1, indices, values)
+
+
+def _sample(
+    logits: torch.Tensor, uniforms: torch.Tensor, top_k: int, top_p: float, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row by inverse CDF; returns (tokens, raw NLL of the tokens)."""
+    values, indices = _candidates(logits / temperature, top_k, top_p)
+    cdf = torch.cumsum(torch.softmax(values, dim=-1), dim=-1)
+    # right=True: a zero-probability candidate (equal cdf to its predecessor) is never chosen.
+    choice = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(1), right=True)
+    tokens = indices.gather(1, choice.clamp_(max=values.shape[-1] - 1)).squeeze(1)
+    nll = torch.logsumexp(logits, dim=-1) - logits.gather(1, tokens.unsqueeze(1)).squeeze(1)
+    return tokens, nll
+
+
+def image_seed(seed: int, index: int) -> int:
+    """A well-mixed 32-bit seed for image `index` of a run seeded with `seed`."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def _image_uniforms(seed: int, indices: Sequence[int], steps: int) -> torch.Tensor:
+    rows = []
+    for index in indices:
+        generator = torch.Generator(device="cpu").manual_seed(image_seed(seed, index))
+        rows.append(torch.rand(steps, generator=generator))
+    return torch.stack(rows)
+
+
+# ----- allowed keys per query position -----
+
+
+def _row_segments(row: np.ndarray) -> list[slice | np.ndarray]:
+    """Compress one mask row (allowed keys of a query) into as few segments as possible."""
+    keys = np.flatnonzero(row)
+    runs = np.split(keys, np.flatnonzero(np.diff(keys) != 1) + 1)
+    if len(runs) <= 2:  # causal text, or text + a sliding window (row layers)
+        return [slice(int(run[0]), int(run[-1]) + 1) for run in runs]
+    rest = keys[len(runs[0]) :]
+    strides = np.unique(np.diff(rest))
+    if all(len(run) == 1 for run in runs[1:]) and len(strides) == 1:  # text + one column
+        step = int(strides[0])
+        return [slice(int(runs[0][0]), int(runs[0][-1]) + 1), slice(int(rest[0]), int(rest[-1]) + 1, step)]
+    return [keys]  # a neighbourhood: gather it
+
+
+@functools.lru_cache(maxsize=32)
+def key_segments(
+    kind: str, text_seq_length: int, grid: int, format: str, conv_kernel: int, first_query: int
+) -> tuple[tuple[slice | np.ndarray, ...], ...]:
+    """For each query position from `first_query` on, the allowed keys of a `kind` layer as segments."""
+    mask = build_mask(kind, text_seq_length, grid, format, conv_kernel, device="cpu").numpy()
+    return tuple(tuple(_row_segments(mask[p, : p + 1])) for p in range(first_query, mask.shape[0]))
+
+
+def _take(cache: torch.Tensor, segment: Segment) -> torch.Tensor:
+    if isinstance(segment, slice):
+        return cache[:, :, segment]  # a view: no copy of the cache
+    return cache.index_select(2, segment)
+
+
+def _attend_segments(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, segments: Sequence[Segment]
+) -> torch.Tensor:
+    """One query `[b, heads, 1, d]` against the allowed cached keys; same math as `masked_attention`
+    with the disallowed keys left out instead of filled with -10000 (their weight is exactly 0)."""
+    query = query * (1.0 / math.sqrt(query.shape[-1]))
+    key_parts = [_take(keys, segment) for segment in segments]
+    scores = torch.cat([torch.matmul(query, part.transpose(-1, -2)) for part in key_parts], dim=-1)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
+    if len(segments) == 1:
+        return torch.matmul(probs, _take(values, segments[0]))
+    sizes = [part.shape[2] for part in key_parts]
+    context = None
+    for part_probs, segment in zip(probs.split(sizes, dim=-1), segments, strict=True):
+        term = torch.matmul(part_probs, _take(values, segment))
+        context = term if context is None else context + term
+    assert context is not None
+    return context
+
+
+# ----- cached decoding -----
+
+
+class IncrementalDecoder:
+    """Prefill the caption, then feed image codes one at a time, with a static key/value cache.
+
+    `prefill(text_ids)` returns the image logits for code 0; each `step(codes)` feeds the next
+    image code and returns the image logits for the one after it. Logits are fp32 `[b, image_vocab]`.
+    """
+
+    def __init__(self, model: Dalle, batch_size: int, dtype: torch.dtype | None = None) -> None:
+        cfg = model.config
+        param = next(model.parameters())
+        self.model = model
+        self.device = param.device
+        self.dtype = dtype or param.dtype
+        # Autocast only when asked for a compute dtype the weights are not already in.
+        self.autocast = self.dtype != param.dtype
+        shape = (cfg.num_layers, batch_size, cfg.num_attention_heads, cfg.seq_length, cfg.head_dim)
+        self.keys = torch.empty(shape, dtype=self.dtype, device=self.device)
+        self.values = torch.empty(shape, dtype=self.dtype, device=self.device)
+        self.first_query = cfg.text_positions
+        self.segments = {
+            kind: [
+                tuple(s if isinstance(s, slice) else torch.from_numpy(s).to(self.device) for s in segs)
+                for segs in key_segments(
+                    kind,
+                    cfg.text_seq_length,
+                    cfg.image_tokens_per_dim,
+                    cfg.format,
+                    cfg.conv_kernel,
+                    self.first_query,
+                )
+            ]
+            for kind in set(cfg.layer_masks or ())
+        }
+        self.batch = 0
+        self.image_position = 0  # index of the next image code to feed
+
+    def _context(self) -> contextlib.AbstractContextManager[None]:
+        if self.autocast:
+            return torch.autocast(self.device.type, dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.transformer.final_layernorm(x[:, -1])
+        return self.model.image_logits(hidden).float()
+
+    @torch.inference_mode()
+    def prefill(self, text_ids: torch.Tensor) -> torch.Tensor:
+        model, transformer = self.model, self.model.transformer
+        text_ids = text_ids.to(self.device)
+        b = text_ids.shape[0]
+        if b > self.keys.shape[1]:
+            raise ValueError(f"batch of {b} captions exceeds the cache's batch size {self.keys.shape[1]}")
+        self.batch, self.image_position = b, 0
+        with self._context():
+            x = model.embed_text(model.text_tokens(text_ids))
+            n = x.shape[1]
+            for index, (layer, kind) in enumerate(
+                zip(transformer.layers, transformer.layer_masks, strict=True)
+            ):
+                q, k, v = layer.attention.project(layer.input_layernorm(x))
+                self.keys[index, :b, :, :n] = k
+                self.values[index, :b, :, :n] = v
+                mask = transformer.mask_for(kind)[:n, :n].to(self.device)
+                context = masked_attention(q, k, v, mask)
+                x = x + layer.before_first_addition_layernorm(layer.attention.merge(context))
+                x = layer.feed_forward(x)
+            return self._logits(x)
+
+    @torch.inference_mode()
+    def step(self, codes: torch.Tensor) -> torch.Tensor:
+        model, transformer = self.model, self.model.transformer
+        cfg = model.config
+        if self.image_position >= cfg.image_seq_length - 1:
+            raise RuntimeError("all image codes have been fed already")
+        b = self.batch
+        position = self.first_query + self.image_position
+        with self._context():
+            x = model.embed_image(codes.to(self.device).view(b, 1), start=self.image_position)
+            for index, (layer, kind) in enumerate(
+                zip(transformer.layers, transformer.layer_masks, strict=True)
+            ):
+                q, k, v = layer.attention.project(layer.input_layernorm(x))
+                keys, values = self.keys[index, :b], self.values[index, :b]
+                keys[:, :, position : position + 1] = k
+                values[:, :, position : position + 1] = v
+                segments = self.segments[kind][position - self.first_query]
+                context = _attend_segments(q, keys, values, segments)
+                x = x + layer.before_first_addition_layernorm(layer.attention.merge(context))
+                x = layer.feed_forward(x)
+            logits = self._logits(x)
+        self.image_position += 1
+        return logits
+
+
+# ----- generation -----
+
+
+def _as_captions(
+    text_ids: torch.Tensor | Sequence[Sequence[int]] | Sequence[int], length: int
+) -> torch.Tensor:
+    captions = torch.as_tensor(text_ids, dtype=torch.long)
+    if captions.ndim == 1:
+        captions = captions.unsqueeze(0)
+    if captions.ndim != 2 or captions.shape[1] != length:
+        raise ValueError(f"text_ids must be [{length}] or [captions, {length}], got {tuple(captions.shape)}")
+    return captions
+
+
+def generate(
+    model: Dalle,
+    text_ids: torch.Tensor | Sequence[Sequence[int]] | Sequence[int],
+    images_num: int = 1,
+    top_k: int = 2048,
+    top_p: float = 0.995,
+    temperature: float = 1.0,
+    seed: int = 42,
+    batch_size: int = 16,
+    dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> SampleResult:
+    """Sample `images_num` images per caption.
+
+    `text_ids` is one tokenized caption `[T]` or several `[C, T]`; the result holds
+    `C * images_num` images, caption-major (image i belongs to caption `i // images_num`).
+    Sampling: temperature, then top-k, then top-p, as released. `dtype` is the compute dtype
+    (default: the weights' dtype; another one runs under autocast).
+    """
+    _check_sampling_args(top_k, top_p, temperature)
+    if not isinstance(images_num, int) or images_num < 1:
+        raise ValueError(f"images_num must be an integer >= 1, got {images_num!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    cfg = model.config
+    captions = _as_captions(text_ids, cfg.text_seq_length)
+    total = captions.shape[0] * images_num
+    steps = cfg.image_seq_length
+    batch_size = min(batch_size, total)
+
+    was_training = model.training
+    model.eval()
+    decoder = IncrementalDecoder(model, batch_size, dtype)
+    codes = torch.empty(total, steps, dtype=torch.long)
+    scores = torch.empty(total)
+    bar = tqdm(total=total * steps, disable=not progress, desc="sampling", unit="tok")
+    try:
+        with torch.inference_mode():
+            for start in range(0, total, batch_size):
+                indices = list(range(start, min(total, start + batch_size)))
+                uniforms = _image_uniforms(seed, indices, steps).to(decoder.device)
+                batch_codes = torch.empty(len(indices), steps, dtype=torch.long, device=decoder.device)
+                nll = torch.zeros(len(indices), device=decoder.device)
+                logits = decoder.prefill(captions[[i // images_num for i in indices]])
+                for j in range(steps):
+                    tokens, token_nll = _sample(logits, uniforms[:, j], top_k, top_p, temperature)
+                    batch_codes[:, j] = tokens
+                    nll += token_nll
+                    if j + 1 < steps:
+                        logits = decoder.step(tokens)
+                    bar.update(len(indices))
+                codes[start : start + len(indices)] = batch_codes.cpu()
+                scores[start : start + len(indices)] = (nll / steps).cpu()
+    finally:
+        bar.close()
+        model.train(was_training)
+    return SampleResult(codes=codes, scores=scores)
