@@ -1,0 +1,154 @@
+"""Fine-tuning the transformer on (caption, image codes) pairs: the report's recipe.
+
+The report freezes the feed-forward and self-attention layers of the pretrained transformer and
+trains the rest (embeddings, layer norms, the output head). Freezing here is decided by module
+type inside each transformer layer, never by matching parameter names: a widely copied helper
+matched the string "attn", which no ruDALL-E parameter name contains (they say "attention"),
+and so trained attention while claiming to freeze it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from emojich.models.dalle import MLP, Dalle, SelfAttention
+from emojich.tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+FREEZE_MODES = ("none", "attention-and-mlp")
+
+
+def freeze_for_finetune(model: Dalle, mode: str) -> dict[str, list[str]]:
+    """Set `requires_grad` for the recipe and return {"trainable": [...], "frozen": [...]} names."""
+    if mode not in FREEZE_MODES:
+        raise ValueError(f"freeze must be one of {FREEZE_MODES}, got {mode!r}")
+    model.requires_grad_(True)
+    if mode == "attention-and-mlp":
+        for layer in model.transformer.layers:
+            for block in layer.children():
+                if isinstance(block, SelfAttention | MLP):
+                    block.requires_grad_(False)
+    split: dict[str, list[str]] = {"trainable": [], "frozen": []}
+    for name, parameter in model.named_parameters():
+        split["trainable" if parameter.requires_grad else "frozen"].append(name)
+    return split
+
+
+@dataclasses.dataclass
+class PairSet:
+    """Tokenized captions and image codes of one split, row-aligned."""
+
+    text: torch.Tensor  # [N, text_seq_length] long
+    codes: torch.Tensor  # [N, grid * grid] long
+    captions: list[str]
+    truncated: int  # captions cut to fit the text length (they lose their eos)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+def build_pairs(
+    captions: Sequence[str],
+    codes: torch.Tensor,
+    tokenizer: TextTokenizer,
+    text_seq_length: int,
+    image_vocab: int,
+) -> PairSet:
+    """Tokenize captions and check codes; a bad code is an error, a long caption a counted cut."""
+    if len(captions) != len(codes):
+        raise ValueError(f"{len(captions)} captions but {len(codes)} code rows")
+    codes = codes.long()
+    if len(codes) and (codes.min() < 0 or codes.max() >= image_vocab):
+        bad = int(((codes < 0) | (codes >= image_vocab)).any(dim=1).sum())
+        raise ValueError(
+            f"{bad} image(s) have codes outside [0, {image_vocab}): the codes were made by another image "
+            "tokenizer than the one this model expects"
+        )
+    truncated = sum(len(tokenizer.tokenize(caption)) + 2 > text_seq_length for caption in captions)
+    text = torch.tensor(tokenizer.encode_batch(list(captions), text_seq_length), dtype=torch.long)
+    return PairSet(text.reshape(len(captions), text_seq_length), codes, list(captions), truncated)
+
+
+def pair_loss(pairs: PairSet, device: torch.device):
+    """The loss function the Trainer calls with example indices."""
+
+    def loss(model: Dalle, indices: torch.Tensor):
+        return model(pairs.text[indices].to(device), pairs.codes[indices].to(device), return_loss=True)
+
+    return loss
+
+
+@torch.no_grad()
+def validation_loss(model: Dalle, pairs: PairSet, batch_size: int, device: torch.device) -> dict[str, float]:
+    """Mean weighted loss and its text and image parts over a split (dropout off)."""
+    was_training = model.training
+    model.eval()
+    totals = {"loss": 0.0, "text": 0.0, "image": 0.0}
+    for start in range(0, len(pairs), batch_size):
+        text = pairs.text[start : start + batch_size].to(device)
+        codes = pairs.codes[start : start + batch_size].to(device)
+        loss, parts = model(text, codes, return_loss=True)
+        count = len(text)
+        totals["loss"] += float(loss) * count
+        totals["text"] += float(parts["text"]) * count
+        totals["image"] += float(parts["image"]) * count
+    model.train(was_training)
+    return {name: value / max(len(pairs), 1) for name, value in totals.items()}
+
+
+@torch.no_grad()
+def caption_log_likelihood(model: Dalle, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """log p(caption, image) under the model, per row: text and image token log-probs summed."""
+    cfg = model.config
+    tokens = model.text_tokens(text)
+    logits = model(text, codes).float()
+    labels = torch.cat((tokens[:, 1:], codes), dim=1)
+    t = cfg.text_seq_length
+    text_lp = F.log_softmax(logits[:, :t, : cfg.vocab_size], dim=-1)
+    image_lp = F.log_softmax(logits[:, t : labels.shape[1], cfg.vocab_size :], dim=-1)
+    text_ll = text_lp.gather(-1, labels[:, :t, None]).squeeze(-1).sum(dim=1)
+    image_ll = image_lp.gather(-1, labels[:, t:, None]).squeeze(-1).sum(dim=1)
+    return text_ll + image_ll
+
+
+@torch.no_grad()
+def caption_loss(model: Dalle, pairs: PairSet, candidates: int, device: torch.device, seed: int = 0) -> float:
+    """Cross-entropy of an image's own caption given the image, among `candidates` captions.
+
+    The report proposes scoring captions given images (CogView's caption loss). The released
+    transformer only reads text before the image, so p(caption | image) is taken by Bayes over
+    a candidate set: the true caption and `candidates - 1` other distinct validation captions,
+    p(c | image) = p(c, image) / sum over candidates of p(c', image). Chance level is
+    log(candidates); lower is better. The candidate sets are fixed by `seed`.
+    """
+    distinct = sorted(set(pairs.captions))
+    if len(distinct) < 2 or candidates < 2:
+        return float("nan")
+    candidates = min(candidates, len(distinct))
+    first_row = {caption: pairs.captions.index(caption) for caption in distinct}
+    generator = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    losses = []
+    for row in range(len(pairs)):
+        own = pairs.captions[row]
+        others = [c for c in distinct if c != own]
+        picks = torch.randperm(len(others), generator=generator)[: candidates - 1].tolist()
+        rows = [row] + [first_row[others[i]] for i in picks]
+        text = pairs.text[rows].to(device)
+        codes = pairs.codes[row].expand(len(rows), -1).to(device)
+        joint = caption_log_likelihood(model, text, codes)
+        losses.append(float(-(joint[0] - torch.logsumexp(joint, dim=0))))
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+def chance_caption_loss(candidates: int) -> float:
+    return math.log(candidates)

@@ -1,0 +1,316 @@
+"""Stage `finetune`: train the transformer on the tokenized set with the report's recipe.
+
+Demo profile: the `demo` preset from scratch, every parameter trainable. Paper profile: a
+published checkpoint (Malevich) with attention and feed-forward frozen, image-loss weight 1000.
+Same optimizer, schedule and loss code either way.
+
+Outputs: the checkpoint (and its sha256), per-step CSV plots, an evaluation sample sheet per
+evaluation step (the report's human-evaluation grid) and final metrics. A killed run started
+again resumes from `data/finetune/checkpoints/` when the data and parameters are unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from emojich.finetune import (
+    PairSet,
+    build_pairs,
+    caption_loss,
+    chance_caption_loss,
+    freeze_for_finetune,
+    pair_loss,
+    validation_loss,
+)
+from emojich.imageset import image_grid, save_png, to_uint8
+from emojich.models.dalle import Dalle, DalleConfig
+from emojich.models.vqgan import VQGan
+from emojich.params import from_dict, load_section
+from emojich.sampling import generate
+from emojich.storage import sha256_file, write_json_atomic, write_text_atomic
+from emojich.tokenizer import TextTokenizer
+from emojich.training import StepLog, TrainConfig, Trainer
+
+TOKENS = Path("data/tokens")
+OUT = Path("data/finetune")
+
+log = logging.getLogger("stages.finetune")
+
+
+@dataclasses.dataclass
+class ModelParams:
+    preset: str = "demo"
+    weights: str | None = None  # a published .bin (format of the preset) or our own .safetensors
+    loss_img_weight: float = 7.0
+
+
+@dataclasses.dataclass
+class EvalParams:
+    every: int = 50  # steps; 0 = only at the end
+    prompts: list[str] = dataclasses.field(default_factory=lambda: ["Эйнштейн улыбается"])
+    images_per_prompt: int = 4
+    top_k: int = 64
+    top_p: float = 0.99
+    temperature: float = 1.0
+    seed: int = 42
+    max_val_pairs: int = 256
+    caption_candidates: int = 8
+
+
+@dataclasses.dataclass
+class FinetuneParams:
+    model: ModelParams = dataclasses.field(default_factory=ModelParams)
+    freeze: str = "none"  # none | attention-and-mlp (the report)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalParams = dataclasses.field(default_factory=EvalParams)
+    device: str = "auto"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_model(params: ModelParams, tokenizer: TextTokenizer, vqgan: VQGan) -> tuple[Dalle, str]:
+    """The transformer sized to the tokenizers, and a label for the metrics."""
+    cfg = DalleConfig.preset(params.preset)
+    grid, codebook = vqgan.config.grid_size, vqgan.config.codebook_size
+    if params.weights:
+        if cfg.image_tokens_per_dim != grid or cfg.image_vocab_size != codebook:
+            raise ValueError(
+                f"preset {params.preset} expects a {cfg.image_tokens_per_dim}² grid of {cfg.image_vocab_size} codes, "
+                f"the image tokenizer gives {grid}² of {codebook}"
+            )
+        if tokenizer.vocab_size > cfg.vocab_size - cfg.text_seq_length:
+            raise ValueError(
+                f"the text tokenizer has {tokenizer.vocab_size} tokens, the {params.preset} model fewer"
+            )
+        cfg.loss_img_weight = params.loss_img_weight
+        model = Dalle(cfg)
+        path = Path(params.weights)
+        if path.suffix == ".safetensors":
+            own = Dalle.load(path, expected=cfg)
+            model.load_state_dict(own.state_dict())
+        else:
+            model.load_published(path)
+        return model, f"dalle-{params.preset}-finetuned-from:{path.name}"
+    # From scratch: the text vocabulary and image grid follow the tokenizers trained upstream.
+    cfg = dataclasses.replace(
+        cfg,
+        vocab_size=tokenizer.vocab_size + cfg.text_seq_length,
+        image_vocab_size=codebook,
+        image_tokens_per_dim=grid,
+        loss_img_weight=params.loss_img_weight,
+        layer_masks=None,
+        conv_kernel=None,  # re-derived for the tokenizer's grid
+    )
+    return Dalle(cfg), f"dalle-{params.preset}-from-scratch"
+
+
+def read_split(tokens: Path) -> tuple[list[str], list[str], torch.Tensor]:
+    with open(tokens / "index.csv", encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    codes = load_file(str(tokens / "codes.safetensors"))["codes"]
+    if len(rows) != len(codes):
+        raise ValueError(f"index.csv has {len(rows)} rows but codes.safetensors {len(codes)}")
+    return [r["split"] for r in rows], [r["caption"] for r in rows], codes
+
+
+def run_key(params: FinetuneParams, tokens: Path) -> str:
+    """What a resumable checkpoint must agree with: every parameter and the input data."""
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(params), sort_keys=True, default=str).encode())
+    for name in ("codes.safetensors", "index.csv", "bpe.json", "vqgan.safetensors"):
+        digest.update(sha256_file(tokens / name).encode())
+    return digest.hexdigest()
+
+
+class CsvLog:
+    """Rows accumulated in memory and rewritten atomically, so a kill never leaves half a line."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path, self.columns, self.rows = path, columns, []
+
+    def add(self, **values: float) -> None:
+        self.rows.append([_fmt(values[c]) for c in self.columns])
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(self.columns)
+        writer.writerows(self.rows)
+        write_text_atomic(self.path, buffer.getvalue())
+
+
+def _fmt(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.6g}"
+
+
+def sample_sheet(
+    model: Dalle, vqgan: VQGan, tokenizer: TextTokenizer, params: EvalParams, device: torch.device
+):
+    text = tokenizer.encode_batch(params.prompts, model.config.text_seq_length)
+    result = generate(
+        model,
+        text,
+        images_num=params.images_per_prompt,
+        top_k=min(params.top_k, model.config.image_vocab_size),
+        top_p=params.top_p,
+        temperature=params.temperature,
+        seed=params.seed,
+        progress=False,
+    )
+    images = to_uint8(vqgan.decode(result.codes))
+    return image_grid(images, columns=params.images_per_prompt)
+
+
+def finetune(params: FinetuneParams, tokens: Path = TOKENS, out: Path = OUT) -> dict:
+    device = pick_device(params.device)
+    splits, captions, codes = read_split(tokens)
+    tokenizer = TextTokenizer.load(tokens / "bpe.json")
+    vqgan = VQGan.load(tokens / "vqgan.safetensors").eval()
+    torch.manual_seed(params.train.seed)
+    model, variant = build_model(params.model, tokenizer, vqgan)
+    model.to(device)
+    frozen = freeze_for_finetune(model, params.freeze)
+    cfg = model.config
+
+    def subset(split: str, limit: int | None = None) -> PairSet:
+        rows = [i for i, s in enumerate(splits) if s == split][:limit]
+        return build_pairs(
+            [captions[i] for i in rows], codes[rows], tokenizer, cfg.text_seq_length, cfg.image_vocab_size
+        )
+
+    train = subset("train")
+    val = subset("val", params.eval.max_val_pairs)
+    if len(train) == 0:
+        raise ValueError("the training split is empty: nothing to fine-tune on")
+    log.info(
+        "%d training pairs (%d captions truncated), %d validation pairs",
+        len(train),
+        train.truncated,
+        len(val),
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "samples").mkdir(exist_ok=True)
+    checkpoints = out / "checkpoints"
+    checkpoints.mkdir(exist_ok=True)
+    key = run_key(params, tokens)
+    key_file = checkpoints / "run.key"
+    trainer = Trainer(model, pair_loss(train, device), len(train), params.train, device)
+    if key_file.is_file() and key_file.read_text().strip() == key:
+        trainer.resume(checkpoints)
+    else:  # another run's leftovers: start clean
+        (checkpoints / "last.pt").unlink(missing_ok=True)
+        for stale in [*(out / "samples").glob("*.png"), *(out / "plots").glob("*.csv")]:
+            stale.unlink()
+        write_text_atomic(key_file, key + "\n")
+
+    train_log = CsvLog(out / "plots" / "train.csv", ["step", "loss", "loss_text", "loss_image", "lr"])
+    eval_log = CsvLog(
+        out / "plots" / "eval.csv", ["step", "val_loss", "val_loss_text", "val_loss_image", "caption_loss"]
+    )
+    _restore_logs(out, trainer.step, train_log, eval_log)
+
+    def evaluate(step: int) -> dict[str, float]:
+        losses = validation_loss(model, val, params.train.batch_size, device) if len(val) else {}
+        cap = (
+            caption_loss(model, val, params.eval.caption_candidates, device, seed=params.eval.seed)
+            if len(val)
+            else float("nan")
+        )
+        row = {
+            "step": step,
+            "val_loss": losses.get("loss", float("nan")),
+            "val_loss_text": losses.get("text", float("nan")),
+            "val_loss_image": losses.get("image", float("nan")),
+            "caption_loss": cap,
+        }
+        eval_log.add(**row)
+        save_png(
+            sample_sheet(model, vqgan, tokenizer, params.eval, device),
+            out / "samples" / f"step_{step:06d}.png",
+        )
+        return row
+
+    if trainer.step == 0:
+        evaluate(0)
+    bar = tqdm(total=trainer.total_steps, initial=trainer.step, desc="finetune", unit="step")
+
+    def on_step(record: StepLog) -> None:
+        step = record.step + 1
+        train_log.add(
+            step=step,
+            loss=record.loss,
+            loss_text=record.parts["text"],
+            loss_image=record.parts["image"],
+            lr=record.lr,
+        )
+        bar.update(1)
+        bar.set_postfix(loss=f"{record.loss:.3f}")
+        if params.eval.every and step % params.eval.every == 0 and step < trainer.total_steps:
+            evaluate(step)
+
+    trainer.run(checkpoints, on_step=on_step)
+    bar.close()
+    final = evaluate(trainer.total_steps)
+
+    model.save(out / "model.safetensors")
+    first_eval = eval_log.rows[0]
+    metrics = {
+        "model": variant,
+        "preset": params.model.preset,
+        "freeze": params.freeze,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "frozen_tensors": len(frozen["frozen"]),
+        "parameters": model.num_parameters(),
+        "steps": trainer.total_steps,
+        "train_pairs": len(train),
+        "val_pairs": len(val),
+        "captions_truncated": train.truncated + val.truncated,
+        "val_loss_start": float(first_eval[1]),
+        "val_loss": final["val_loss"],
+        "val_loss_text": final["val_loss_text"],
+        "val_loss_image": final["val_loss_image"],
+        "caption_loss": final["caption_loss"],
+        "caption_loss_chance": chance_caption_loss(
+            min(params.eval.caption_candidates, len(set(val.captions)))
+        )
+        if len(val)
+        else float("nan"),
+        "checkpoint_sha256": sha256_file(out / "model.safetensors"),
+    }
+    write_json_atomic(
+        out / "metrics.json", {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
+    )
+    return metrics
+
+
+def _restore_logs(out: Path, step: int, *logs: CsvLog) -> None:
+    """On resume, keep the rows logged up to the checkpoint's step (later ones are recomputed)."""
+    for csv_log in logs:
+        if step and csv_log.path.is_file():
+            with open(csv_log.path, encoding="utf-8", newline="") as handle:
+                rows = list(csv.reader(handle))[1:]
+            csv_log.rows = [row for row in rows if int(row[0]) <= step]
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    params = from_dict(FinetuneParams, load_section("finetune"), "finetune")
+    metrics = finetune(params)
+    log.info("%s", metrics)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Stage `tokenize`: the image and text tokenizers, and every image encoded to codes once.
+
+Demo profile: a small Gumbel-VQ and a BPE are trained here on the upscaled emoji set.
+Paper profile: the published Sber VQGAN and `bpe.model` are loaded from local paths.
+Fine-tuning then reads `codes.safetensors` and never re-encodes an image per epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from emojich.imageset import image_grid, load_images, save_png, to_uint8
+from emojich.models.vqgan import (
+    VQGan,
+    VQGanConfig,
+    codebook_usage,
+    encode_batched,
+    reconstruction_psnr,
+    train_vqgan,
+)
+from emojich.params import from_dict, load_section
+from emojich.storage import atomic_path, sha256_file, write_json_atomic, write_text_atomic
+from emojich.tokenizer import TextTokenizer
+
+UPSCALED = Path("data/upscaled")
+OUT = Path("data/tokens")
+INDEX_COLUMNS = ("id", "split", "caption")
+
+log = logging.getLogger("stages.tokenize")
+
+
+@dataclasses.dataclass
+class ImageTokenizerParams:
+    preset: str = "demo"  # demo / tiny: trained here; sber / sber-dwt: published weights
+    weights: str | None = None  # path to vqgan.gumbelf8-sber.model.ckpt (paper profile)
+    train_steps: int = 600
+    batch_size: int = 32
+    lr: float = 2e-3
+
+
+@dataclasses.dataclass
+class TextTokenizerParams:
+    bpe_model: str | None = None  # path to the published bpe.model (paper profile)
+    vocab_size: int = 1024
+
+
+@dataclasses.dataclass
+class TokenizeParams:
+    image: ImageTokenizerParams = dataclasses.field(default_factory=ImageTokenizerParams)
+    text: TextTokenizerParams = dataclasses.field(default_factory=TextTokenizerParams)
+    grid_images: int = 16
+    seed: int = 42
+
+
+def read_manifest(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "manifest.csv", encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise ValueError(f"{folder / 'manifest.csv'} lists no images: nothing to tokenize")
+    return rows
+
+
+def image_tokenizer(params: ImageTokenizerParams, images: torch.Tensor, train_ids: torch.Tensor, seed: int):
+    """The VQGAN and how it came to be: (model, variant, training metrics)."""
+    if params.weights:
+        model = VQGan.load_published(params.weights, VQGanConfig.preset(params.preset))
+        return model, f"vqgan-published:{Path(params.weights).name}", {}
+    torch.manual_seed(seed)
+    model = VQGan(VQGanConfig.preset(params.preset))
+    metrics = train_vqgan(
+        model,
+        images[train_ids],
+        steps=params.train_steps,
+        batch_size=params.batch_size,
+        lr=params.lr,
+        seed=seed,
+    )
+    return model, f"gumbel-vq-selftrained:{params.preset}", metrics
+
+
+def text_tokenizer(params: TextTokenizerParams, captions: list[str]) -> tuple[TextTokenizer, str]:
+    if params.bpe_model:
+        return TextTokenizer.from_yttm(params.bpe_model), f"yttm-published:{Path(params.bpe_model).name}"
+    return TextTokenizer.train(captions, vocab_size=params.vocab_size), "bpe-selftrained"
+
+
+def tokenize(params: TokenizeParams, upscaled: Path = UPSCALED, out: Path = OUT) -> dict:
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    rows = read_manifest(upscaled)
+    rows.sort(key=lambda row: row["id"])
+    train_ids = torch.tensor([i for i, row in enumerate(rows) if row["split"] == "train"])
+    val_ids = torch.tensor([i for i, row in enumerate(rows) if row["split"] != "train"])
+    if len(train_ids) == 0:
+        raise ValueError("no training images in the upscaled manifest")
+
+    resolution = VQGanConfig.preset(params.image.preset).resolution
+    started = time.perf_counter()
+    images = load_images([upscaled / "images" / f"{row['id']}.png" for row in rows], resolution)
+    log.info("loaded %d images at %d px in %.1f s", len(images), resolution, time.perf_counter() - started)
+
+    model, variant, train_metrics = image_tokenizer(params.image, images, train_ids, params.seed)
+    model.eval()
+    codes = encode_batched(model, images.float() / 255.0)
+    held_out = images[val_ids] if len(val_ids) else images[train_ids[: params.grid_images]]
+    psnr = reconstruction_psnr(model, held_out)
+
+    bpe, text_variant = text_tokenizer(
+        params.text, sorted({row["caption"] for row in rows if row["split"] == "train"})
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / "vqgan.safetensors")
+    bpe.save(out / "bpe.json")
+    with atomic_path(out / "codes.safetensors") as tmp:
+        save_file({"codes": codes.to(torch.int32).contiguous()}, str(tmp))
+    write_index(rows, out / "index.csv")
+
+    sample = held_out[: params.grid_images]
+    recon = to_uint8(model.decode(model.encode(sample.float() / 255.0)))
+    if recon.shape[-1] != sample.shape[-1]:
+        recon = torch.nn.functional.interpolate(recon.float(), size=sample.shape[-2:], mode="area").to(
+            torch.uint8
+        )
+    pairs = torch.stack([sample, recon], dim=1).flatten(0, 1)  # original, reconstruction, original, ...
+    save_png(image_grid(pairs, columns=8), out / "reconstructions.png")
+
+    usage = codebook_usage(codes, model.config.codebook_size)
+    metrics = {
+        "image_tokenizer": variant,
+        "text_tokenizer": text_variant,
+        "images": len(rows),
+        "train_images": len(train_ids),
+        "val_images": len(val_ids),
+        "grid": model.config.grid_size,
+        "codebook_size": model.config.codebook_size,
+        "val_psnr_db": round(psnr, 3),
+        "codebook_used_fraction": round(usage["used_fraction"], 4),
+        "codebook_perplexity": round(usage["perplexity"], 2),
+        "text_vocab_size": bpe.vocab_size,
+        "vqgan_sha256": sha256_file(out / "vqgan.safetensors"),
+        "bpe_sha256": sha256_file(out / "bpe.json"),
+    }
+    if train_metrics:
+        metrics["train_steps"] = int(train_metrics["steps"])
+        metrics["train_loss_first"] = round(train_metrics["loss_first"], 5)
+        metrics["train_loss_last"] = round(train_metrics["loss_last"], 5)
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+def write_index(rows: list[dict[str, str]], dest: Path) -> None:
+    """Row i of `codes.safetensors` belongs to line i of this table."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(INDEX_COLUMNS)
+    writer.writerows([row[key] for key in INDEX_COLUMNS] for row in rows)
+    write_text_atomic(dest, buffer.getvalue())
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = from_dict(TokenizeParams, load_section("tokenize"), "tokenize")
+    metrics = tokenize(params)
+    log.info("%s", metrics)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+import csv
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from emojich.finetune import build_pairs, caption_loss, freeze_for_finetune, pair_loss
+from emojich.models.checkpoints import CheckpointError
+from emojich.models.dalle import Dalle, DalleConfig
+from emojich.tokenizer import TextTokenizer
+from emojich.training import TrainConfig, Trainer
+from stages.finetune import EvalParams, FinetuneParams, ModelParams, build_model, finetune
+from stages.tokenize import ImageTokenizerParams, TokenizeParams, tokenize
+
+CAPTIONS = ["красный круг", "синий квадрат", "зелёный треугольник", "жёлтая звезда", "белое сердце"]
+
+
+def test_freezing_is_by_module_type_not_by_name():
+    model = Dalle(DalleConfig.preset("tiny"))
+    split = freeze_for_finetune(model, "attention-and-mlp")
+    # Every attention and feed-forward weight is frozen...
+    expected_frozen = {
+        f"transformer.layers.{i}.{block}.{leaf}.{kind}"
+        for i in range(model.config.num_layers)
+        for block, leaves in (
+            ("attention", ("query_key_value", "dense")),
+            ("mlp", ("dense_h_to_4h", "dense_4h_to_h")),
+        )
+        for leaf in leaves
+        for kind in ("weight", "bias")
+    }
+    assert set(split["frozen"]) == expected_frozen
+    # ...and exactly the embeddings, layer norms and the output head train.
+    for name in split["trainable"]:
+        assert name.endswith("embeddings.weight") or "layernorm" in name or name.startswith("to_logits."), (
+            name
+        )
+    assert (
+        "to_logits.1.weight" in split["trainable"]
+        and "transformer.final_layernorm.weight" in split["trainable"]
+    )
+    # The published notebooks' substring test would have frozen nothing at all.
+    assert not [name for name in split["frozen"] if "attn" in name]
+
+
+def test_freeze_none_trains_everything_and_unknown_mode_fails():
+    model = Dalle(DalleConfig.preset("tiny"))
+    assert not freeze_for_finetune(model, "none")["frozen"]
+    with pytest.raises(ValueError, match="freeze must be one of"):
+        freeze_for_finetune(model, "attn")
+
+
+def _tokenizer():
+    return TextTokenizer.train(CAPTIONS * 3, vocab_size=64)
+
+
+def test_long_captions_are_truncated_and_counted_bad_codes_are_errors():
+    tokenizer = _tokenizer()
+    codes = torch.zeros(2, 16, dtype=torch.long)
+    short, long = "круг", "красный круг синий квадрат зелёный треугольник"
+    length = len(tokenizer.tokenize(short)) + 2
+    assert len(tokenizer.tokenize(long)) + 2 > length
+    pairs = build_pairs([short, long], codes, tokenizer, length, 32)
+    assert pairs.truncated == 1 and pairs.text.shape == (2, length)
+    assert pairs.text[0, -1] == 3 and pairs.text[1, -1] != 3  # the cut caption lost its eos
+    with pytest.raises(ValueError, match="outside \\[0, 32\\)"):
+        build_pairs(["красный круг"], torch.full((1, 16), 40), tokenizer, 8, 32)
+
+
+def _tiny_model_and_pairs(tokenizer):
+    cfg = dataclasses.replace(
+        DalleConfig.preset("tiny"), vocab_size=tokenizer.vocab_size + 8, layer_masks=None
+    )
+    torch.manual_seed(0)
+    model = Dalle(cfg)
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, cfg.image_vocab_size, (10, cfg.image_seq_length), generator=generator)
+    pairs = build_pairs(
+        [CAPTIONS[i % 5] for i in range(10)], codes, tokenizer, cfg.text_seq_length, cfg.image_vocab_size
+    )
+    return model, pairs
+
+
+def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path):
+    tokenizer = _tokenizer()
+    config = TrainConfig(
+        epochs=2, batch_size=3, lr_start=1e-4, lr_max=1e-3, lr_final=1e-5, checkpoint_every=2
+    )
+
+    def trainer():
+        model, pairs = _tiny_model_and_pairs(tokenizer)
+        freeze_for_finetune(model, "attention-and-mlp")
+        return Trainer(model, pair_loss(pairs, torch.device("cpu")), len(pairs), config, torch.device("cpu"))
+
+    whole = trainer()
+    whole.run()
+    killed = trainer()
+    killed.run(tmp_path, stop_after=3)
+    resumed = trainer()
+    assert resumed.resume(tmp_path)
+    resumed.run(tmp_path)
+    for name, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+    # Frozen weights really did not move.
+    fresh, _ = _tiny_model_and_pairs(tokenizer)
+    qkv = "transformer.layers.0.attention.query_key_value.weight"
+    assert torch.equal(whole.model.state_dict()[qkv], fresh.state_dict()[qkv])
+
+
+def test_caption_loss_is_a_cross_entropy_over_candidates():
+    model, pairs = _tiny_model_and_pairs(_tokenizer())
+    loss = caption_loss(model, pairs, candidates=4, device=torch.device("cpu"))
+    assert 0 < loss < 20
+
+
+def _upscaled_folder(root, count=30, size=32):
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for i in range(count):
+        pixels = np.full((size, size, 3), 255, np.uint8)
+        colour = rng.integers(0, 255, 3)
+        top, left = rng.integers(0, size // 2, 2)
+        pixels[top : top + size // 2, left : left + size // 2] = colour
+        Image.fromarray(pixels).save(root / "images" / f"e{i:03d}.png")
+        rows.append(
+            {
+                "id": f"e{i:03d}",
+                "caption": CAPTIONS[i % 5] + ("" if i < 20 else " вариант"),
+                "split": "train" if i < 24 else "val",
+                "style": "test",
+                "sha256": "",
+                "source_sha256": "",
+            }
+        )
+    with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def test_tokenize_and_finetune_stages_end_to_end(tmp_path):
+    upscaled = _upscaled_folder(tmp_path / "upscaled")
+    tokens = tmp_path / "tokens"
+    tok_metrics = tokenize(
+        TokenizeParams(image=ImageTokenizerParams(preset="tiny", train_steps=20, batch_size=8)),
+        upscaled,
+        tokens,
+    )
+    assert tok_metrics["images"] == 30 and tok_metrics["image_tokenizer"] == "gumbel-vq-selftrained:tiny"
+    assert 0 < tok_metrics["codebook_used_fraction"] <= 1
+    assert (tokens / "reconstructions.png").is_file()
+
+    params = FinetuneParams(
+        model=ModelParams(preset="tiny"),
+        train=TrainConfig(
+            epochs=1,
+            batch_size=4,
+            max_steps=6,
+            optimizer="adamw",
+            lr_start=1e-4,
+            lr_max=1e-3,
+            lr_final=1e-5,
+            checkpoint_every=3,
+        ),
+        eval=EvalParams(
+            every=3, prompts=["красный круг", "Эйнштейн улыбается"], images_per_prompt=2, top_k=8
+        ),
+    )
+    out = tmp_path / "finetune"
+    metrics = finetune(params, tokens, out)
+    assert metrics["steps"] == 6 and metrics["model"] == "dalle-tiny-from-scratch"
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [
+        "step_000000.png",
+        "step_000003.png",
+        "step_000006.png",
+    ]
+    with open(out / "plots" / "train.csv", encoding="utf-8") as handle:
+        assert [row["step"] for row in csv.DictReader(handle)] == ["1", "2", "3", "4", "5", "6"]
+    first = (out / "model.safetensors").read_bytes()
+
+    # Same inputs and params again: resumes at the end, trains nothing more, same weights.
+    again = finetune(params, tokens, out)
+    assert (out / "model.safetensors").read_bytes() == first
+    assert again["checkpoint_sha256"] == metrics["checkpoint_sha256"]
+
+    # A checkpoint of another config is a clear error.
+    other = Dalle(DalleConfig.preset("tiny"))
+    other.save(tmp_path / "other.safetensors")
+    tokenizer = TextTokenizer.load(tokens / "bpe.json")
+    from emojich.models.vqgan import VQGan
+
+    vqgan = VQGan.load(tokens / "vqgan.safetensors")
+    with pytest.raises((CheckpointError, ValueError)):
+        build_model(ModelParams(preset="tiny", weights=str(tmp_path / "other.safetensors")), tokenizer, vqgan)
+
+
+def test_empty_training_split_is_a_clear_error(tmp_path):
+    upscaled = _upscaled_folder(tmp_path / "upscaled", count=30)
+    tokens = tmp_path / "tokens"
+    tokenize(
+        TokenizeParams(image=ImageTokenizerParams(preset="tiny", train_steps=2, batch_size=4)),
+        upscaled,
+        tokens,
+    )
+    rows = (tokens / "index.csv").read_text(encoding="utf-8").replace(",train,", ",val,")
+    (tokens / "index.csv").write_text(rows, encoding="utf-8")
+    with pytest.raises(ValueError, match="training split is empty"):
+        finetune(FinetuneParams(model=ModelParams(preset="tiny")), tokens, tmp_path / "ft")
