@@ -11,8 +11,82 @@ from emojich import __version__
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emojich", description="Russian captions to emoji stickers.")
     parser.add_argument("--version", action="version", version=f"emojich {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_sticker_command(commands)
+    _add_generate_command(commands)
     return parser
+
+
+def _add_sticker_command(commands: argparse._SubParsersAction) -> None:
+    sticker = commands.add_parser(
+        "sticker",
+        help="cut the background of one image and write a Telegram sticker",
+        description="Write a 512 px RGBA sticker (PNG or WEBP, by OUT's suffix) within 512 KB.",
+    )
+    sticker.add_argument("source", metavar="IN", help="RGB image on a white background")
+    sticker.add_argument("dest", metavar="OUT", help="sticker path ending in .webp or .png")
+    sticker.add_argument(
+        "--method",
+        choices=("auto", "unet", "contour"),
+        default="auto",
+        help="auto: the U-Net, or the contour method when its confidence is below --threshold",
+    )
+    sticker.add_argument(
+        "--weights", help="U-Net weights (.safetensors from the segment stage, or the published .bin)"
+    )
+    sticker.add_argument("--preset", choices=("demo", "paper", "published-b5"), default="demo")
+    sticker.add_argument("--threshold", type=float, default=0.99)
+    sticker.set_defaults(handler=_run_sticker)
+
+
+def _run_sticker(args: argparse.Namespace) -> int:
+    from emojich.stickers import sticker_from_file
+
+    if args.method == "unet" and not args.weights:
+        print("emojich sticker: --method unet needs --weights", file=sys.stderr)
+        return 2
+    report = sticker_from_file(args.source, args.dest, args.method, args.weights, args.preset, args.threshold)
+    if report.note:
+        print(report.note)
+    confidence = "n/a" if report.confidence is None else f"{report.confidence:.4f}"
+    print(f"method: {report.method}  confidence: {confidence}  encoding: {report.encoding}  -> {args.dest}")
+    for problem in report.problems:
+        print(f"not a valid Telegram sticker: {problem}", file=sys.stderr)
+    return 1 if report.problems else 0
+
+
+def _add_generate_command(commands: argparse._SubParsersAction) -> None:
+    generate = commands.add_parser(
+        "generate",
+        help="generate emoji for Russian prompts with the fine-tuned model",
+        description="Sample N images per prompt, rank them by score (mean NLL, lower is better) and "
+        "write 512 px PNGs, JSON sidecars and a contact sheet into OUT.",
+    )
+    generate.add_argument("prompts", nargs="*", metavar="PROMPT", help="e.g. «розовая альпака улыбается»")
+    generate.add_argument("--prompts-file", help="more prompts, one per line")
+    generate.add_argument("-n", "--images", type=int, default=16, help="images per prompt")
+    generate.add_argument("--keep-best", type=int, help="write only the best K per prompt (default: all)")
+    generate.add_argument("--top-k", type=int, default=2048, help="clamped to the image vocabulary")
+    generate.add_argument("--top-p", type=float, default=0.995)
+    generate.add_argument("--temperature", type=float, default=1.0)
+    generate.add_argument("--seed", type=int, default=42)
+    generate.add_argument("--out", required=True, metavar="DIR")
+    generate.add_argument("--checkpoint", default="data/finetune/model.safetensors")
+    generate.add_argument(
+        "--tokens", default="data/tokens", help="folder with bpe.json and vqgan.safetensors"
+    )
+    generate.add_argument(
+        "--upscaler", default="data/upscaled/rrdbnet.safetensors", help="'' for Lanczos only"
+    )
+    generate.add_argument("--batch-size", type=int, default=8)
+    generate.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    generate.set_defaults(handler=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from emojich.generation import generate_command
+
+    return generate_command(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,256 @@
+"""Stage `segment`: train the background U-Net with pseudo-labelling and label every generated image.
+
+Reads the real emojis with true alpha from data/upscaled (train split to train, val split to
+score), runs pseudo-label rounds over the generated images matched by `segment.generated_glob`,
+and writes to data/segment/:
+
+- unet.safetensors: the final weights (config in the file's metadata)
+- rounds.csv: one row per round (plotted by DVC)
+- metrics.json: which variant ran, final validation scores, how many images each method labelled
+- masks/<path under the glob's folder>.png and labels.csv (image, mask, method, confidence)
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import io
+import itertools
+import logging
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from emojich.params import from_dict, load_section
+from emojich.segment.contour import ContourConfig, contour_alpha
+from emojich.segment.metrics import mask_scores
+from emojich.segment.pseudolabel import (
+    PseudoLabelConfig,
+    PseudoLabelResult,
+    RoundRecord,
+    SegmentationSet,
+    resize_images,
+    resize_masks,
+    run_pseudolabel,
+)
+from emojich.segment.unet import build_unet, load_unet, preset, save_unet
+from emojich.storage import remove_stale_temporaries, write_bytes_atomic, write_json_atomic, write_text_atomic
+
+UPSCALED_DIR = Path("data/upscaled")
+OUT_DIR = Path("data/segment")
+
+log = logging.getLogger("stages.segment")
+
+
+@dataclasses.dataclass
+class SegmentParams:
+    preset: str = "demo"  # demo | paper | published-b5 | tiny
+    init_weights: str | None = None  # start from these weights (the published .bin for published-b5)
+    generated_glob: str = "data/generated/*/kept/*.png"
+    max_train_images: int = 0  # 0 = the whole train split; else the first N by id (smoke runs)
+    pseudolabel: PseudoLabelConfig = dataclasses.field(default_factory=PseudoLabelConfig)
+    contour: ContourConfig = dataclasses.field(default_factory=ContourConfig)
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _read_grey(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"))
+
+
+def _empty_set() -> SegmentationSet:
+    return SegmentationSet(np.zeros((0, 1, 1, 3), np.uint8), np.zeros((0, 1, 1), bool))
+
+
+def load_real_sets(
+    upscaled_dir: Path, train_side: int, max_train: int = 0
+) -> tuple[SegmentationSet, SegmentationSet]:
+    """(train, val) from manifest.csv: white-composited RGB and the binary alpha (>= 128) masks.
+
+    Train images are resized to the network side as they are read, so the full-size set is
+    never held in memory; validation keeps the stored size, where its scores are measured.
+    """
+    with open(upscaled_dir / "manifest.csv", encoding="utf-8", newline="") as handle:
+        rows = sorted(csv.DictReader(handle), key=lambda row: row["id"])
+    ids = {split: [row["id"] for row in rows if row["split"] == split] for split in ("train", "val")}
+    if max_train:
+        ids["train"] = ids["train"][:max_train]
+
+    def read(split: str, side: int | None) -> SegmentationSet:
+        if not ids[split]:
+            return _empty_set()
+        images = [_read_rgb(upscaled_dir / "images" / f"{i}.png") for i in ids[split]]
+        masks = [_read_grey(upscaled_dir / "masks" / f"{i}.png") for i in ids[split]]
+        if side:
+            return SegmentationSet(resize_images(images, side), resize_masks(masks, side))
+        if len({image.shape for image in images}) > 1:
+            raise ValueError(
+                f"{upscaled_dir}: {split} images differ in size; the upscale stage makes them square"
+            )
+        return SegmentationSet(np.stack(images), np.stack(masks) >= 128)
+
+    return read("train", train_side), read("val", None)
+
+
+def glob_root(pattern: str) -> Path:
+    """The folder part of a glob before its first wildcard: mask names are relative to it."""
+    parts = Path(pattern).parts
+    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts))
+    if len(fixed) == len(parts):  # no wildcard: a single file
+        fixed = fixed[:-1]
+    return Path(*fixed) if fixed else Path(".")
+
+
+def find_generated(pattern: str) -> list[Path]:
+    return sorted(Path(path) for path in glob.glob(pattern, recursive=True) if Path(path).is_file())
+
+
+def _csv(rows: list[list]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def segment(
+    params: SegmentParams,
+    upscaled_dir: Path = UPSCALED_DIR,
+    out_dir: Path = OUT_DIR,
+    progress: bool = True,
+) -> dict:
+    """Run the whole stage and write its outputs; returns the metrics."""
+    config = preset(params.preset)
+    if params.init_weights:
+        model, config = load_unet(params.init_weights, params.preset)
+    else:
+        model = build_unet(config, seed=params.pseudolabel.seed)
+    train_set, val_set = load_real_sets(upscaled_dir, config.size, params.max_train_images)
+    paths = find_generated(params.generated_glob)
+    root = glob_root(params.generated_glob)
+    generated = [_read_rgb(path) for path in paths]
+    log.info(
+        "U-Net %s (%s): %d real train, %d val, %d generated images",
+        params.preset, config.encoder, len(train_set), len(val_set), len(generated),
+    )  # fmt: skip
+
+    rounds_rows = [["round", "accepted", "accepted_new", "val_iou", "val_boundary_f", "fallback"]]
+
+    def on_round(record: RoundRecord) -> None:
+        log.info("round %d: %s", record.round, record)
+        rounds_rows.append(
+            [
+                record.round,
+                record.accepted_total,
+                record.accepted_new,
+                f"{record.val_iou:.6f}",
+                f"{record.val_boundary_f:.6f}",
+                record.fallback,
+            ]
+        )
+
+    result = run_pseudolabel(
+        model,
+        train_set,
+        val_set,
+        generated,
+        params.pseudolabel,
+        config.size,
+        progress,
+        on_round,
+    )
+
+    for folder in (out_dir / "masks",):  # this stage's own output: clear what a larger run left
+        shutil.rmtree(folder, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    save_unet(model, config, out_dir / "unet.safetensors")
+    write_text_atomic(out_dir / "rounds.csv", _csv(rounds_rows))
+
+    methods = write_labels(paths, generated, result, root, out_dir, params.contour)
+    final = result.history[-1]
+    contour_val = contour_scores(val_set, params.contour, params.pseudolabel.boundary_tolerance)
+    metrics = {
+        "variant": f"unet-{params.preset}-{'finetuned' if params.init_weights else 'selftrained'}",
+        "encoder": config.encoder,
+        "input_size": config.size,
+        "rounds": final.round,
+        "real_train_images": len(train_set),
+        "val_images": len(val_set),
+        "val_iou": _finite(final.val_iou),
+        "val_boundary_f": _finite(final.val_boundary_f),
+        "contour_val_iou": _finite(contour_val["iou"]),
+        "contour_val_boundary_f": _finite(contour_val["boundary_f"]),
+        "generated_images": len(paths),
+        "methods": {"unet": methods["unet"], "contour": methods["contour"]},
+        "threshold": params.pseudolabel.threshold,
+    }
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def write_labels(
+    paths: list[Path],
+    images: list[np.ndarray],
+    result: PseudoLabelResult,
+    root: Path,
+    out_dir: Path,
+    contour: ContourConfig,
+) -> Counter[str]:
+    """masks/<path under root>.png for every generated image, and labels.csv; returns method counts."""
+    rows = [["image", "mask", "method", "confidence"]]
+    methods: Counter[str] = Counter()
+    for index, (path, image) in enumerate(zip(paths, images, strict=True)):
+        if result.accepted[index]:
+            alpha, method = result.alphas[index], "unet"
+        else:
+            alpha, method = contour_alpha(image, contour), "contour"
+        methods[method] += 1
+        mask = _relative(path, root).with_suffix(".png")
+        write_bytes_atomic(out_dir / "masks" / mask, _png(alpha))
+        rows.append([path.as_posix(), mask.as_posix(), method, f"{result.confidence[index]:.6f}"])
+    write_text_atomic(out_dir / "labels.csv", _csv(rows))
+    return methods
+
+
+def contour_scores(val_set: SegmentationSet, contour: ContourConfig, tolerance: int) -> dict[str, float]:
+    """The fallback's own validation scores, so the U-Net's can be judged against them."""
+    if not len(val_set):
+        return {"iou": float("nan"), "boundary_f": float("nan")}
+    alphas = np.stack([contour_alpha(image, contour) for image in val_set.images])
+    return mask_scores(alphas >= 128, val_set.masks, tolerance)
+
+
+def _relative(path: Path, root: Path) -> Path:
+    try:
+        return path.relative_to(root)
+    except ValueError:  # a recursive pattern may reach outside the fixed prefix; keep the name
+        return Path(path.name)
+
+
+def _finite(value: float) -> float | None:
+    # JSON has no NaN; an empty validation set is reported as null.
+    return None if np.isnan(value) else round(float(value), 6)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = from_dict(SegmentParams, load_section("segment"), "segment")
+    metrics = segment(params)
+    log.info("%s", metrics)
+
+
+if __name__ == "__main__":
+    main()
