@@ -14,7 +14,37 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_sticker_command(commands)
     _add_generate_command(commands)
+    _add_lineage_command(commands)
     return parser
+
+
+def _add_lineage_command(commands: argparse._SubParsersAction) -> None:
+    lineage = commands.add_parser(
+        "lineage",
+        help="trace a sticker, generated image, checkpoint or prepared image back to its sources",
+        description="Print and verify the chain from PATH back to its prompt, checkpoint, training data, "
+        "source images, the DVC stages and the git commit. Exit status 1 when the chain breaks.",
+    )
+    lineage.add_argument("path", metavar="PATH")
+    lineage.add_argument("--json", action="store_true", help="machine-readable output")
+    lineage.add_argument("--root", default=".", help="the project checkout (default: the current folder)")
+    lineage.add_argument(
+        "--no-items", action="store_true", help="skip re-hashing every training item's source image"
+    )
+    lineage.set_defaults(handler=_run_lineage)
+
+
+def _run_lineage(args: argparse.Namespace) -> int:
+    from emojich.lineage import render_text, trace
+    from emojich.storage import dumps_json
+
+    try:
+        result = trace(args.path, args.root, verify_items=not args.no_items)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"emojich lineage: {error}", file=sys.stderr)
+        return 2
+    print(dumps_json(result.to_dict()) if args.json else render_text(result), end="" if args.json else "\n")
+    return 1 if result.breaks else 0
 
 
 def _add_sticker_command(commands: argparse._SubParsersAction) -> None:

@@ -49,6 +49,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = from_dict(ScrapeParams, load_section("scrape"), "scrape")
     RAW_DIR.mkdir(parents=True, exist_ok=True)
+    HTTP_CACHE_DIR.mkdir(parents=True, exist_ok=True)  # a declared output, also when unused offline
     remove_stale_temporaries(RAW_DIR)
     rows, skipped, extra = scrape(params)
     # Cache hits and download counts differ between runs; they go to the log, not the DVC metric.

@@ -35,7 +35,7 @@ from tests.orchestration import (
     wait_healthy,
 )
 from tests.pipeline import _merge, dvc
-from tests.test_pipeline import SMOKE as PIPELINE_SMOKE
+from tests.smoke import SMOKE as PIPELINE_SMOKE
 
 pytestmark = pytest.mark.slow
 

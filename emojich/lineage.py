@@ -1,0 +1,420 @@
+"""Where an output came from: a sticker traced back to the images and code that made it.
+
+The chain, newest first:
+
+    sticker -> generated image (prompt, seed, sampling) -> checkpoint -> the training pairs
+    -> upscaled / prepared images -> each source image (URL or package and code point, licence)
+    -> the DVC stages that made each step (checked against dvc.lock) -> git commit and params
+
+Every step is verified, not just reported: file hashes against the sidecars and manifests that
+recorded them, and each stage's dependencies and outputs against `dvc.lock` (through DVC's own
+status check). A step that does not verify is a *break*, named by kind, so a sticker edited
+after it was made, a checkpoint that is not the one in `dvc.lock`, or a missing sidecar is
+reported as exactly that. Tracing starts from whichever kind of file it is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import functools
+import hashlib
+import json
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from emojich.storage import sha256_file
+
+STICKERS = Path("data/stickers/images")
+GENERATED = Path("data/generated")
+CHECKPOINT = Path("data/finetune/model.safetensors")
+TOKENS_INDEX = Path("data/tokens/index.csv")
+UPSCALED = Path("data/upscaled")
+PREPARED = Path("data/prepared")
+RAW = Path("data/raw")
+
+# Upstream order of the stages behind a checkpoint.
+TRAINING_STAGES = ("finetune", "tokenize", "upscale", "prepare", "scrape")
+
+
+@dataclasses.dataclass
+class Link:
+    kind: str  # sticker | generated-image | checkpoint | training-data | item | stage | commit
+    title: str
+    path: str | None = None
+    sha256: str | None = None
+    facts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    problem: str | None = None  # None when verified; else "<break kind>: <what is wrong>"
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+@dataclasses.dataclass
+class Lineage:
+    target: str
+    links: list[Link] = dataclasses.field(default_factory=list)
+
+    @property
+    def breaks(self) -> list[Link]:
+        return [link for link in self.links if not link.ok]
+
+    @property
+    def break_kinds(self) -> list[str]:
+        return [link.problem.split(":", 1)[0] for link in self.breaks if link.problem]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "verified": not self.breaks,
+            "breaks": [link.problem for link in self.breaks],
+            "links": [dataclasses.asdict(link) | {"ok": link.ok} for link in self.links],
+        }
+
+
+class Tracer:
+    """Walks the chain for one target inside a project checkout at `root`."""
+
+    def __init__(self, root: Path, verify_items: bool = True):
+        self.root = root
+        self.verify_items = verify_items
+        self.lock = _read_yaml(root / "dvc.lock").get("stages", {})
+
+    # -- entry point --------------------------------------------------------------------------------
+    def trace(self, path: str | Path) -> Lineage:
+        path = Path(path)
+        relative = _relative_to(path, self.root)
+        lineage = Lineage(target=relative.as_posix())
+        if not (self.root / relative).is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+        if _under(relative, STICKERS):
+            self._sticker(relative, lineage)
+        elif _under(relative, GENERATED):
+            self._generated(relative, lineage, expected_sha=None)
+        elif relative == CHECKPOINT:
+            self._checkpoint(relative, lineage, expected_sha=None)
+        elif _under(relative, UPSCALED / "images"):
+            self._item(relative.stem, lineage, start="upscaled")
+            self._stages(("upscale", "prepare", "scrape"), lineage)
+        elif _under(relative, PREPARED):
+            self._item(relative.stem, lineage, start="prepared")
+            self._stages(("prepare", "scrape"), lineage)
+        else:
+            raise ValueError(
+                f"{relative}: not a file lineage knows (stickers, generated images, the checkpoint, "
+                "upscaled or prepared images)"
+            )
+        self._commit(lineage)
+        return lineage
+
+    # -- links ------------------------------------------------------------------------------------
+    def _sticker(self, relative: Path, lineage: Lineage) -> None:
+        actual = sha256_file(self.root / relative)
+        sidecar_path = relative.with_suffix(".json")
+        link = Link("sticker", "sticker", relative.as_posix(), actual)
+        lineage.links.append(link)
+        sidecar = _read_json(self.root / sidecar_path)
+        if sidecar is None:
+            link.problem = (
+                f"missing-sidecar: {sidecar_path} is missing, so nothing links this sticker to its origin"
+            )
+            return
+        link.facts = {k: sidecar.get(k) for k in ("mask_method", "confidence", "sticker_format")}
+        if sidecar.get("sticker_sha256") != actual:
+            link.problem = (
+                f"sticker-modified: the file's sha256 {actual[:12]}… differs from the "
+                f"{str(sidecar.get('sticker_sha256'))[:12]}… the stickers stage recorded: edited after it was made"
+            )
+        self._stages(("stickers", "segment"), lineage)
+        source = sidecar.get("source_image")
+        if not source:
+            lineage.links.append(
+                Link("generated-image", "generated image", problem="missing-sidecar: no source_image")
+            )
+            return
+        self._generated(Path(source), lineage, expected_sha=sidecar.get("source_sha256"))
+
+    def _generated(self, relative: Path, lineage: Lineage, expected_sha: str | None) -> None:
+        full = self.root / relative
+        actual = sha256_file(full) if full.is_file() else None
+        link = Link("generated-image", "generated image", relative.as_posix(), actual)
+        lineage.links.append(link)
+        if actual is None:
+            link.problem = f"missing-file: {relative} is gone"
+            return
+        sidecar = _read_json(full.with_suffix(".json"))
+        if sidecar is None:
+            link.problem = f"missing-sidecar: {relative.with_suffix('.json')} is missing"
+            return
+        link.facts = {
+            k: sidecar.get(k)
+            for k in (
+                "prompt",
+                "seed",
+                "index",
+                "top_k",
+                "top_p",
+                "temperature",
+                "score",
+                "upscaler",
+                "truncated",
+            )
+            if k in sidecar
+        }
+        if sidecar.get("png_sha256") != actual:
+            link.problem = f"image-modified: {relative} differs from the image its sidecar recorded"
+        elif expected_sha and expected_sha != actual:
+            link.problem = f"image-modified: {relative} differs from the image the sticker was cut from"
+        stage = self._stage_owning(relative)
+        if stage:
+            self._stages((stage,), lineage)
+        self._checkpoint(CHECKPOINT, lineage, expected_sha=sidecar.get("checkpoint_sha256"))
+
+    def _checkpoint(self, relative: Path, lineage: Lineage, expected_sha: str | None) -> None:
+        full = self.root / relative
+        actual = sha256_file(full) if full.is_file() else None
+        link = Link("checkpoint", "checkpoint", relative.as_posix(), actual)
+        lineage.links.append(link)
+        metrics = _read_json(full.parent / "metrics.json") or {}
+        link.facts = {
+            k: metrics.get(k) for k in ("model", "steps", "freeze", "val_loss", "train_pairs") if k in metrics
+        }
+        if actual is None:
+            link.problem = f"missing-file: {relative} is gone"
+        elif expected_sha and actual != expected_sha:
+            link.problem = (
+                f"checkpoint-mismatch: the image was made by checkpoint {expected_sha[:12]}…, "
+                f"the workspace holds {actual[:12]}…"
+            )
+        elif not self._matches_lock(relative):
+            link.problem = f"checkpoint-not-in-lock: {relative} is not the checkpoint dvc.lock records"
+        self._training_data(lineage)
+        self._stages(TRAINING_STAGES, lineage)
+
+    def _training_data(self, lineage: Lineage) -> None:
+        index = _read_csv(self.root / TOKENS_INDEX)
+        link = Link("training-data", "training pairs", TOKENS_INDEX.as_posix())
+        lineage.links.append(link)
+        if index is None:
+            link.problem = f"missing-file: {TOKENS_INDEX} is gone"
+            return
+        link.sha256 = sha256_file(self.root / TOKENS_INDEX)
+        train_ids = [row["id"] for row in index if row["split"] == "train"]
+        prepared = {row["id"]: row for row in _read_csv(self.root / PREPARED / "manifest.csv") or []}
+        raw = {row["id"]: row for row in _read_csv(self.root / RAW / "captions.csv") or []}
+        styles, licences = Counter(), Counter()
+        broken: list[str] = []
+        for item_id in train_ids:
+            row = prepared.get(item_id)
+            source = raw.get(item_id)
+            if row is None or source is None:
+                broken.append(f"{item_id}: no manifest row")
+                continue
+            styles[row["style"]] += 1
+            licences[source["licence"]] += 1
+            if self.verify_items:
+                raw_file = self.root / RAW / source["image_path"]
+                if not raw_file.is_file() or sha256_file(raw_file) != source["sha256"]:
+                    broken.append(f"{item_id}: source image changed or missing")
+                elif row["raw_sha256"] != source["sha256"]:
+                    broken.append(f"{item_id}: prepared from another source image")
+        link.facts = {
+            "train_pairs": len(train_ids),
+            "styles": dict(sorted(styles.items())),
+            "licences": dict(sorted(licences.items())),
+            "example_sources": [raw[i]["source"] for i in train_ids[:3] if i in raw],
+            "items_verified": len(train_ids) - len(broken) if self.verify_items else None,
+        }
+        if broken:
+            link.problem = f"item-mismatch: {len(broken)} training item(s) do not verify, e.g. {broken[0]}"
+
+    def _item(self, item_id: str, lineage: Lineage, start: str) -> None:
+        if start == "upscaled":
+            upscaled = {row["id"]: row for row in _read_csv(self.root / UPSCALED / "manifest.csv") or []}
+            row = upscaled.get(item_id)
+            path = UPSCALED / "images" / f"{item_id}.png"
+            link = Link("item", "upscaled image", path.as_posix(), sha256_file(self.root / path))
+            lineage.links.append(link)
+            if row is None:
+                link.problem = f"missing-manifest-row: {item_id} is not in the upscaled manifest"
+                return
+            link.facts = {"method": row.get("method"), "split": row.get("split")}
+            if row["sha256"] != link.sha256:
+                link.problem = "image-modified: the upscaled image differs from its manifest"
+        prepared = {row["id"]: row for row in _read_csv(self.root / PREPARED / "manifest.csv") or []}
+        row = prepared.get(item_id)
+        path = PREPARED / "rgb" / f"{item_id}.png"
+        link = Link("item", "prepared image", path.as_posix(), _sha_or_none(self.root / path))
+        lineage.links.append(link)
+        if row is None:
+            link.problem = f"missing-manifest-row: {item_id} is not in the prepared manifest"
+            return
+        link.facts = {"caption": row["caption"], "split": row["split"], "style": row["style"]}
+        if row["rgb_sha256"] != link.sha256:
+            link.problem = "image-modified: the prepared image differs from its manifest"
+        raw = {r["id"]: r for r in _read_csv(self.root / RAW / "captions.csv") or []}.get(item_id)
+        source = Link("item", "source image", None)
+        lineage.links.append(source)
+        if raw is None:
+            source.problem = f"missing-manifest-row: {item_id} is not in the catalogue"
+            return
+        source.path = (RAW / raw["image_path"]).as_posix()
+        source.sha256 = _sha_or_none(self.root / source.path)
+        source.facts = {"source": raw["source"], "licence": raw["licence"], "style": raw["style"]}
+        if source.sha256 != raw["sha256"] or row["raw_sha256"] != raw["sha256"]:
+            source.problem = "image-modified: the source image differs from the catalogue's record"
+
+    def _stages(self, names: tuple[str, ...], lineage: Lineage) -> None:
+        seen = {link.title for link in lineage.links if link.kind == "stage"}
+        for name in names:
+            title = f"stage {name}"
+            if title in seen:
+                continue
+            entry = self.lock.get(name)
+            link = Link("stage", title)
+            lineage.links.append(link)
+            if entry is None:
+                link.problem = f"stage-not-in-lock: dvc.lock has no entry for {name}"
+                continue
+            link.facts = {
+                "params": (entry.get("params") or {}).get("params.yaml", {}),
+                "outs": {out["path"]: out.get("md5") for out in entry.get("outs", [])},
+            }
+            changed = self.changes.get(name)
+            if changed:
+                link.problem = f"stage-changed: {name} no longer matches dvc.lock ({changed})"
+
+    def _commit(self, lineage: Lineage) -> None:
+        link = Link("commit", "git commit")
+        lineage.links.append(link)
+        head = _git(self.root, "rev-parse", "HEAD")
+        if head is None:
+            link.problem = "no-commit: the project is not a git repository with commits"
+            return
+        dirty = _git(self.root, "status", "--porcelain", "--", "dvc.yaml", "dvc.lock", "params.yaml") or ""
+        link.facts = {"commit": head.strip(), "uncommitted": [line[3:] for line in dirty.splitlines()]}
+        if dirty.strip():
+            link.problem = "uncommitted-pipeline: dvc.yaml, dvc.lock or params.yaml differ from the commit"
+
+    # -- helpers ----------------------------------------------------------------------------------
+    @functools.cached_property
+    def changes(self) -> dict[str, str]:
+        return dvc_changes(self.root)
+
+    def _matches_lock(self, relative: Path) -> bool:
+        for entry in self.lock.values():
+            for out in entry.get("outs", []):
+                if out["path"] == relative.as_posix():
+                    return out.get("md5") == _md5(self.root / relative)
+        return False
+
+    def _stage_owning(self, relative: Path) -> str | None:
+        for name, entry in self.lock.items():
+            for out in entry.get("outs", []):
+                if _under(relative, Path(out["path"])):
+                    return name
+        return None
+
+
+def dvc_changes(root: Path) -> dict[str, str]:
+    """DVC's own verdict per stage: what no longer matches dvc.lock (stages that match are absent)."""
+    from dvc.repo import Repo
+
+    # DVC resolves output paths against the working directory, so it must be the project's.
+    with contextlib.chdir(root), Repo(str(root)) as repo:
+        status = repo.status()
+    return {
+        name: "; ".join(json.dumps(change, sort_keys=True, ensure_ascii=False) for change in changes)
+        for name, changes in status.items()
+    }
+
+
+def trace(path: str | Path, root: str | Path = ".", verify_items: bool = True) -> Lineage:
+    return Tracer(Path(root).resolve(), verify_items).trace(Path(path).resolve())
+
+
+def render_text(lineage: Lineage) -> str:
+    """A human-readable chain, one block per link, breaks marked."""
+    lines = [f"lineage of {lineage.target}", ""]
+    for link in lineage.links:
+        mark = "ok  " if link.ok else "BREAK"
+        head = f"[{mark}] {link.title}"
+        if link.path:
+            head += f"  {link.path}"
+        if link.sha256:
+            head += f"  sha256:{link.sha256[:16]}…"
+        lines.append(head)
+        for key, value in link.facts.items():
+            if value in (None, {}, []):
+                continue
+            text = (
+                json.dumps(value, ensure_ascii=False, sort_keys=True)
+                if isinstance(value, dict | list)
+                else value
+            )
+            lines.append(f"        {key}: {text}")
+        if link.problem:
+            lines.append(f"        !! {link.problem}")
+    verdict = (
+        "verified end to end"
+        if not lineage.breaks
+        else f"{len(lineage.breaks)} break(s): {', '.join(lineage.break_kinds)}"
+    )
+    lines += ["", verdict]
+    return "\n".join(lines)
+
+
+# -- small I/O helpers ------------------------------------------------------------------------------
+
+
+def _relative_to(path: Path, root: Path) -> Path:
+    try:
+        return path.resolve().relative_to(root)
+    except ValueError:
+        raise ValueError(f"{path} is not inside the project at {root}") from None
+
+
+def _under(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def _read_csv(path: Path) -> list[dict[str, str]] | None:
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _sha_or_none(path: Path) -> str | None:
+    return sha256_file(path) if path.is_file() else None
+
+
+def _md5(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _git(root: Path, *args: str) -> str | None:
+    result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    return result.stdout if result.returncode == 0 else None

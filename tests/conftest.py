@@ -1,0 +1,26 @@
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.pipeline import dvc, make_pipeline_repo, run
+from tests.smoke import SMOKE
+
+
+@pytest.fixture(scope="session")
+def smoke_pipeline(tmp_path_factory) -> tuple[Path, str]:
+    """The whole pipeline reproduced once on smoke-size params: (repo path, `dvc repro` output)."""
+    path = make_pipeline_repo(tmp_path_factory.mktemp("pipeline"), SMOKE)
+    result = dvc("repro", cwd=path)
+    run(["git", "add", "-A"], cwd=path)  # commit dvc.lock, as a user would after a run
+    run(["git", "commit", "-q", "-m", "reproduced", "--allow-empty"], cwd=path)
+    return path, result.stdout
+
+
+@pytest.fixture
+def pipeline_copy(smoke_pipeline, tmp_path) -> Path:
+    """A private copy of the reproduced pipeline, for tests that tamper with it."""
+    source, _ = smoke_pipeline
+    dest = tmp_path / "copy"
+    shutil.copytree(source, dest, symlinks=True)
+    return dest

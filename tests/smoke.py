@@ -1,0 +1,20 @@
+"""Smoke-size parameters: the whole pipeline in well under a minute on 2 cores."""
+
+SMOKE = {
+    "scrape": {"offline": {"styles": ["twemoji", "openmoji"], "max_emoji": 16, "render_size": 64}},
+    "prepare": {"val_fraction": 0.25, "workers": 0},
+    "upscale": {"train_steps": 3, "train_batch": 2, "train_patch": 8, "train_images": 8, "eval_images": 4},
+    "tokenize": {"image": {"preset": "tiny", "train_steps": 4, "batch_size": 4}, "text": {"vocab_size": 64}},
+    "finetune": {
+        "model": {"preset": "tiny"},
+        "train": {"max_steps": 4, "batch_size": 4, "checkpoint_every": 2},
+        "eval": {
+            "every": 2,
+            "prompts": ["кошка", "Эйнштейн улыбается"],
+            "images_per_prompt": 2,
+            "top_k": 8,
+            "max_val_pairs": 8,
+            "caption_pairs": 4,
+        },
+    },
+}
