@@ -53,6 +53,9 @@ class PairSet:
     def __len__(self) -> int:
         return len(self.captions)
 
+    def head(self, count: int) -> PairSet:
+        return PairSet(self.text[:count], self.codes[:count], self.captions[:count], 0)
+
 
 def build_pairs(
     captions: Sequence[str],

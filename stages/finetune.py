@@ -64,6 +64,7 @@ class EvalParams:
     temperature: float = 1.0
     seed: int = 42
     max_val_pairs: int = 256
+    caption_pairs: int = 32  # validation pairs scored for the caption loss (one forward per candidate)
     caption_candidates: int = 8
 
 
@@ -223,11 +224,10 @@ def finetune(params: FinetuneParams, tokens: Path = TOKENS, out: Path = OUT) -> 
 
     def evaluate(step: int) -> dict[str, float]:
         losses = validation_loss(model, val, params.train.batch_size, device) if len(val) else {}
-        cap = (
-            caption_loss(model, val, params.eval.caption_candidates, device, seed=params.eval.seed)
-            if len(val)
-            else float("nan")
-        )
+        cap = float("nan")
+        if len(val):
+            scored = val.head(params.eval.caption_pairs)
+            cap = caption_loss(model, scored, params.eval.caption_candidates, device, seed=params.eval.seed)
         row = {
             "step": step,
             "val_loss": losses.get("loss", float("nan")),
