@@ -43,3 +43,23 @@ dag: setup
 
 clean-env:
 	rm -rf $(TOOLS) $(VENV)
+
+# --- Prefect: scheduled runs on this machine (see README, "Scheduled runs with Prefect") -------------
+PREFECT_API_URL ?= http://127.0.0.1:4200/api
+PREFECT_POOL ?= emojich
+
+.PHONY: prefect-server deploy worker run-pipeline
+
+prefect-server: setup
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+
+deploy: setup
+	PREFECT_API_URL=$(PREFECT_API_URL) $(VENV)/bin/prefect work-pool inspect $(PREFECT_POOL) >/dev/null 2>&1 \
+	  || PREFECT_API_URL=$(PREFECT_API_URL) $(VENV)/bin/prefect work-pool create $(PREFECT_POOL) --type process
+	PREFECT_API_URL=$(PREFECT_API_URL) $(VENV)/bin/prefect deploy --all
+
+worker: setup
+	EMOJICH_REPO=$(CURDIR) PREFECT_API_URL=$(PREFECT_API_URL) $(VENV)/bin/prefect worker start --pool $(PREFECT_POOL)
+
+run-pipeline: setup
+	PREFECT_API_URL=$(PREFECT_API_URL) $(VENV)/bin/prefect deployment run emojich-pipeline/repro --watch

@@ -107,18 +107,15 @@ def validation_loss(model: Dalle, pairs: PairSet, batch_size: int, device: torch
 
 
 @torch.no_grad()
-def caption_log_likelihood(model: Dalle, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """log p(caption, image) under the model, per row: text and image token log-probs summed."""
+def image_log_likelihood(model: Dalle, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """log p(image codes | caption) under the model, per row."""
     cfg = model.config
     tokens = model.text_tokens(text)
     logits = model(text, codes).float()
     labels = torch.cat((tokens[:, 1:], codes), dim=1)
     t = cfg.text_seq_length
-    text_lp = F.log_softmax(logits[:, :t, : cfg.vocab_size], dim=-1)
     image_lp = F.log_softmax(logits[:, t : labels.shape[1], cfg.vocab_size :], dim=-1)
-    text_ll = text_lp.gather(-1, labels[:, :t, None]).squeeze(-1).sum(dim=1)
-    image_ll = image_lp.gather(-1, labels[:, t:, None]).squeeze(-1).sum(dim=1)
-    return text_ll + image_ll
+    return image_lp.gather(-1, labels[:, t:, None]).squeeze(-1).sum(dim=1)
 
 
 @torch.no_grad()
@@ -127,9 +124,11 @@ def caption_loss(model: Dalle, pairs: PairSet, candidates: int, device: torch.de
 
     The report proposes scoring captions given images (CogView's caption loss). The released
     transformer only reads text before the image, so p(caption | image) is taken by Bayes over
-    a candidate set: the true caption and `candidates - 1` other distinct validation captions,
-    p(c | image) = p(c, image) / sum over candidates of p(c', image). Chance level is
-    log(candidates); lower is better. The candidate sets are fixed by `seed`.
+    a candidate set (the true caption and `candidates - 1` other distinct validation captions)
+    with a uniform prior over it: p(c | image) = p(image | c) / sum over candidates of
+    p(image | c'). A uniform prior rather than the model's own p(c): caption priors differ by
+    many nats between short and long captions and would drown the image-text agreement this
+    metric is for. Chance level is log(candidates); lower is better. Candidates are fixed by `seed`.
     """
     distinct = sorted(set(pairs.captions))
     if len(distinct) < 2 or candidates < 2:
@@ -147,8 +146,8 @@ def caption_loss(model: Dalle, pairs: PairSet, candidates: int, device: torch.de
         rows = [row] + [first_row[others[i]] for i in picks]
         text = pairs.text[rows].to(device)
         codes = pairs.codes[row].expand(len(rows), -1).to(device)
-        joint = caption_log_likelihood(model, text, codes)
-        losses.append(float(-(joint[0] - torch.logsumexp(joint, dim=0))))
+        scores = image_log_likelihood(model, text, codes)
+        losses.append(float(-(scores[0] - torch.logsumexp(scores, dim=0))))
     model.train(was_training)
     return sum(losses) / len(losses)
 

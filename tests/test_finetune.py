@@ -1,5 +1,6 @@
 import csv
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -210,3 +211,20 @@ def test_empty_training_split_is_a_clear_error(tmp_path):
     (tokens / "index.csv").write_text(rows, encoding="utf-8")
     with pytest.raises(ValueError, match="training split is empty"):
         finetune(FinetuneParams(model=ModelParams(preset="tiny")), tokens, tmp_path / "ft")
+
+
+def test_caption_loss_prefers_the_caption_the_image_was_drawn_for():
+    """A model whose image distribution depends on the caption scores its own caption best."""
+    tokenizer = _tokenizer()
+    model, pairs = _tiny_model_and_pairs(tokenizer)
+    # Make every image a constant code that differs per caption, then teach the model that mapping.
+    code_of = {caption: i for i, caption in enumerate(sorted(set(pairs.captions)))}
+    pairs.codes = torch.tensor([[code_of[c]] * pairs.codes.shape[1] for c in pairs.captions])
+    config = TrainConfig(
+        epochs=100, batch_size=5, optimizer="adamw", lr_start=1e-3, lr_max=1e-2, lr_final=1e-4
+    )
+    untrained = caption_loss(model, pairs, candidates=4, device=torch.device("cpu"))
+    Trainer(model, pair_loss(pairs, torch.device("cpu")), len(pairs), config, torch.device("cpu")).run()
+    trained = caption_loss(model, pairs, candidates=4, device=torch.device("cpu"))
+    assert abs(untrained - math.log(4)) < 0.3  # an untrained model is at chance
+    assert trained < 0.6 * math.log(4) and trained < untrained - 0.4
