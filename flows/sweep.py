@@ -1,6 +1,6 @@
 """Flow `emojich-sweep`: the nightly generation sweep as a queued DVC experiment with new seeds.
 
-`dvc exp run --queue -S generate.seeds=[...]` records the sweep as an experiment (params, metrics and
+`dvc exp run --queue -S generate.grid.seed=[...]` records the sweep as an experiment (params, metrics and
 outputs under one name) without touching the workspace; `dvc queue start` runs it in its own temporary
 workspace, and DVC's run-cache restores every stage upstream of `generate` instead of recomputing it.
 
@@ -123,7 +123,7 @@ def show_experiments(root: Path) -> str:
 def emojich_sweep(
     repo: str | None = None,
     seed_count: int = 4,
-    param: str = "generate.seeds",
+    param: str = "generate.grid.seed",
     night: date | None = None,
     jobs: int = 1,
     poll_s: float = 30.0,

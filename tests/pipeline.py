@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-COPIED = ("dvc.yaml", "params.yaml", "stages", "emojich", ".dvcignore")
+COPIED = ("dvc.yaml", "params.yaml", "stages", "emojich", "prompts", ".dvcignore")
 
 
 def _merge(base: dict, overrides: dict) -> dict:

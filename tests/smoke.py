@@ -1,4 +1,4 @@
-"""Smoke-size parameters: the whole pipeline in well under a minute on 2 cores."""
+"""Smoke-size parameters: the whole pipeline in about a minute on 2 cores."""
 
 SMOKE = {
     "scrape": {"offline": {"styles": ["twemoji", "openmoji"], "max_emoji": 16, "render_size": 64}},
@@ -16,5 +16,17 @@ SMOKE = {
             "max_val_pairs": 8,
             "caption_pairs": 4,
         },
+    },
+    "generate": {
+        "attempts": 2,
+        "keep_best": 1,
+        "batch_size": 8,
+        "sheet_thumb": 32,
+        "grid": {"top_k": [8, 32], "top_p": [0.995], "temperature": [1.0], "seed": [42]},
+    },
+    "segment": {
+        "preset": "tiny",
+        "max_train_images": 16,
+        "pseudolabel": {"max_rounds": 1, "steps_initial": 3, "steps_per_round": 2, "batch_size": 4},
     },
 }

@@ -177,14 +177,14 @@ def test_sweep_command_and_experiment_name():
     name = experiment_name(date(2026, 1, 6), "0F3A9C1E-77aa-4bb1")
     assert name == "sweep-20260106-0f3a9c1e"
     assert experiment_name(date(2026, 1, 6), None) == "sweep-20260106-manual"
-    assert queue_command("generate.seeds", [5, 17], name) == [
+    assert queue_command("generate.grid.seed", [5, 17], name) == [
         "exp",
         "run",
         "--queue",
         "--name",
         name,
         "-S",
-        "generate.seeds=[5,17]",
+        "generate.grid.seed=[5,17]",
     ]
 
 
@@ -247,13 +247,13 @@ def test_sweep_summary_names_the_experiment_and_seeds():
     markdown = sweep_summary(
         repo="/srv/emojich",
         night=date(2026, 1, 6),
-        param="generate.seeds",
+        param="generate.grid.seed",
         seeds=[5, 17],
         experiment="sweep-20260106-manual",
         status="Success",
         experiments_table="| Experiment |\n|---|\n| sweep |\n",
     )
-    assert "`generate.seeds` = [5, 17]" in markdown and "dvc exp apply sweep-20260106-manual" in markdown
+    assert "`generate.grid.seed` = [5, 17]" in markdown and "dvc exp apply sweep-20260106-manual" in markdown
 
 
 def test_prefect_yaml_declares_the_scheduled_deployments():
@@ -275,7 +275,7 @@ def test_sweep_commands_queue_and_run_a_dvc_experiment(tmp_path):
     run_dvc(["repro"], repo)
     seeds = derive_seeds(date(2026, 1, 6), 2)
     name = experiment_name(date(2026, 1, 6), None)
-    run_dvc(queue_command("generate.seeds", seeds, name), repo)
+    run_dvc(queue_command("generate.grid.seed", seeds, name), repo)
     run_dvc(["queue", "start", "--jobs", "1"], repo)
     assert wait_for_experiment(repo, name, poll_s=1) == "Success"
     shown = run_dvc(["exp", "show", "--md", "--only-changed", "--no-pager"], repo).output

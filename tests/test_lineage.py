@@ -84,3 +84,25 @@ def test_missing_manifest_row_and_uncommitted_params_are_named(pipeline_copy):
     shutil.copy(image, root / "data/prepared/rgb/not-in-manifest.png")
     kinds = _kinds(root / "data/prepared/rgb/not-in-manifest.png", root)
     assert "missing-manifest-row" in kinds and "uncommitted-pipeline" in kinds
+
+
+def test_sticker_chain_from_prompt_to_sources(smoke_pipeline):
+    root, _ = smoke_pipeline
+    sticker = sorted((root / "data/stickers/images").glob("*.webp"))[0]
+    lineage = trace(sticker, root)
+    assert not lineage.breaks, [link.problem for link in lineage.breaks]
+    kinds = [link.kind for link in lineage.links]
+    assert kinds[:3] == ["sticker", "stage", "stage"]  # stickers, segment
+    generated = next(link for link in lineage.links if link.kind == "generated-image")
+    assert generated.facts["prompt"] and generated.facts["seed"] == 42 and generated.facts["top_p"] == 0.995
+    assert any(link.title.startswith("stage generate@") for link in lineage.links)
+    assert "training pairs" in [link.title for link in lineage.links]
+
+
+def test_edited_sticker_and_missing_sidecar_are_named(pipeline_copy):
+    root = pipeline_copy
+    stickers = sorted((root / "data/stickers/images").glob("*.webp"))
+    stickers[0].write_bytes(stickers[0].read_bytes() + b"\0")
+    assert "sticker-modified" in _kinds(stickers[0], root)
+    stickers[1].with_suffix(".json").unlink()
+    assert _kinds(stickers[1], root)[0] == "missing-sidecar"

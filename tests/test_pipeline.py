@@ -15,7 +15,8 @@ def repo(smoke_pipeline):
 @pytest.mark.slow
 def test_repro_runs_every_stage(repo):
     path, log = repo
-    stages = [name for name in __import__("yaml").safe_load((path / "dvc.yaml").read_text())["stages"]]
+    stages = dvc("stage", "list", "--name-only", cwd=path).stdout.split()
+    assert len(stages) == 9  # five training stages, two generate cells, segment, stickers
     for stage in stages:
         assert f"Running stage '{stage}'" in log, f"stage {stage} did not run:\n{log}"
     stats = json.loads((path / "data/raw/stats.json").read_text())
@@ -27,6 +28,15 @@ def test_repro_runs_every_stage(repo):
     finetune = json.loads((path / "data/finetune/metrics.json").read_text())
     assert finetune["steps"] == 4 and len(finetune["checkpoint_sha256"]) == 64
     assert (path / "data/finetune/samples/step_000004.png").is_file()
+    prompts = (path / "prompts/appendix.txt").read_text(encoding="utf-8").split("\n")
+    prompts = [line for line in prompts if line.strip() and not line.startswith("#")]
+    for cell in ("k8-p0.995-t1.0-s42", "k32-p0.995-t1.0-s42"):
+        folder = path / "data/generated" / cell
+        assert (folder / "sheet.png").is_file() and (folder / "metrics.json").is_file()
+        assert len(list((folder / "kept").glob("*.png"))) == len(prompts)  # keep_best 1 per prompt
+    stickers = json.loads((path / "data/stickers/metrics.json").read_text())
+    assert stickers["count"] == 2 * len(prompts) and stickers["all_valid"], stickers
+    assert (path / "data/stickers/pack/manifest.json").is_file()
 
 
 @pytest.mark.slow

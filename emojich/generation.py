@@ -1,0 +1,629 @@
+"""Emoji generation: prompts, sampling cells, ranking, diversity, 512 px rendering and contact sheets.
+
+The report samples many attempts per prompt (top-k 2048, top-p 0.995, temperature 1.0, seed 42,
+~512 attempts) and keeps the best. Here "best" is the lowest score from `emojich.sampling` (mean
+NLL of the image codes under the model): an automatic stand-in for the report's manual choice.
+
+Reproducibility: each prompt is sampled by its own `generate` call, so image `i` of a prompt
+depends only on (prompt, settings, seed, i), never on the other prompts in the list. The stage's
+images can therefore be regenerated one by one with `emojich generate PROMPT --seed S`.
+
+512 px output: a DWT VQGAN (paper profile) decodes to 512 px itself; otherwise the decoded images
+are super-resolved x4 by the upscaler trained upstream and resized to 512 px (Lanczos), or only
+resized when there is no usable upscaler. The method is recorded in every sidecar and metric.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from safetensors import safe_open
+
+from emojich.imageset import to_uint8
+from emojich.models.dalle import Dalle
+from emojich.models.rrdbnet import RRDBNet
+from emojich.models.vqgan import VQGan
+from emojich.sampling import generate
+from emojich.storage import (
+    sha256_bytes,
+    sha256_file,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from emojich.tokenizer import UNK_ID, TextTokenizer
+from emojich.upscale import needs_super_resolution, upscale_to
+
+log = logging.getLogger("emojich.generation")
+
+TARGET_SIZE = 512  # Telegram stickers and the report's DWT decoder are 512 x 512
+
+DWT_DECODER = "dwt-decoder"
+SELF_TRAINED = "rrdbnet-selftrained"
+LANCZOS_FALLBACK = "lanczos-fallback"
+
+_CYRILLIC = re.compile(r"[\u0400-\u04ff]")
+_LATIN = re.compile(r"[A-Za-z]")
+
+
+# ----- sampling cells -----
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingCell:
+    """One point of the sampling grid; invalid values fail here, before any model is loaded."""
+
+    top_k: int
+    top_p: float
+    temperature: float
+    seed: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise ValueError(f"top_k must be an integer >= 1, got {self.top_k!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not self.temperature > 0.0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+
+    @property
+    def name(self) -> str:
+        """Folder name of the cell; matches the `k${item.top_k}-p...` out path of dvc.yaml."""
+        return f"k{self.top_k}-p{self.top_p}-t{self.temperature}-s{self.seed}"
+
+    def clamped(self, image_vocab_size: int) -> tuple[SamplingCell, str | None]:
+        """top_k above the image vocabulary means "no top-k filter": clamp it and say so.
+
+        This lets the published defaults (top_k 2048) run on the demo model (512 codes).
+        """
+        if self.top_k <= image_vocab_size:
+            return self, None
+        note = f"top_k {self.top_k} > image vocabulary {image_vocab_size}: clamped to {image_vocab_size}"
+        return dataclasses.replace(self, top_k=image_vocab_size), note
+
+
+# ----- prompts -----
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptList:
+    prompts: list[str]
+    skipped_empty: int  # blank lines inside the prompt list (not counting trailing ones)
+
+
+def parse_prompts(lines: Iterable[str]) -> PromptList:
+    """One prompt per line; `#` starts a comment line; empty lines are skipped and counted."""
+    lines = list(lines)
+    prompts, empty = [], 0
+    for line in lines:
+        text = line.strip()
+        if text.startswith("#"):
+            continue
+        if text:
+            prompts.append(text)
+        else:
+            empty += 1
+    # Blank lines after the last prompt are formatting, not a mistake worth a warning.
+    trailing = 0
+    for line in reversed(lines):
+        if line.strip():
+            break
+        trailing += 1
+    return PromptList(prompts, max(empty - trailing, 0))
+
+
+def read_prompts(path: str | Path) -> PromptList:
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    result = parse_prompts(lines)
+    if result.skipped_empty:
+        log.warning("%s: skipped %d empty prompt line(s)", path, result.skipped_empty)
+    if not result.prompts:
+        raise ValueError(f"{path}: no prompts (one prompt per line expected)")
+    return result
+
+
+def require_prompt(text: str) -> str:
+    """A prompt given directly (command line) must not be empty: there is nothing to skip to."""
+    if not text or not text.strip():
+        raise ValueError("the prompt is empty; give a caption such as «розовая альпака улыбается»")
+    return text.strip()
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptCheck:
+    """A prompt as the model will see it, with what may surprise the user about it."""
+
+    text: str
+    ids: list[int]  # the framed text row fed to the model
+    tokens: int  # BPE tokens before framing
+    truncated: bool  # bos + tokens + eos did not fit the text length; the tail was cut
+    unknown_tokens: int  # characters the BPE does not know (emoji, rare symbols) -> <UNK>
+    latin_only: bool  # no Cyrillic letter: the model was trained on Russian captions
+
+    def warnings(self) -> list[str]:
+        notes = []
+        if self.truncated:
+            notes.append(f"«{self.text}»: {self.tokens} tokens do not fit the text length; truncated")
+        if self.latin_only:
+            notes.append(f"«{self.text}»: Latin-only text; the model was trained on Russian captions")
+        if self.unknown_tokens:
+            notes.append(f"«{self.text}»: {self.unknown_tokens} unknown token(s) (emoji or rare symbols)")
+        return notes
+
+
+def check_prompt(tokenizer: TextTokenizer, text: str, text_seq_length: int) -> PromptCheck:
+    pieces = tokenizer.tokenize(text)
+    return PromptCheck(
+        text=text,
+        ids=tokenizer.encode(text, text_seq_length),
+        tokens=len(pieces),
+        truncated=len(pieces) + 2 > text_seq_length,  # + bos and eos
+        unknown_tokens=sum(1 for token in pieces if token == UNK_ID),
+        latin_only=bool(_LATIN.search(text)) and not _CYRILLIC.search(text),
+    )
+
+
+# ----- ranking and diversity -----
+
+
+def rank_by_score(scores: torch.Tensor) -> torch.Tensor:
+    """Indices of `scores` best (lowest NLL) first; ties keep index order, so ranks are stable."""
+    return torch.argsort(scores, stable=True)
+
+
+def code_diversity(codes: torch.Tensor) -> float:
+    """Mean over pairs of images of the fraction of code positions where they differ.
+
+    Counted per position from code histograms instead of over explicit pairs: at a position
+    where code v occurs c_v times, c_v (c_v - 1) / 2 pairs agree. O(N L) instead of O(N^2 L),
+    which matters for the report's 512 attempts of 1024 codes.
+    """
+    count, length = codes.shape
+    if count < 2:
+        return 0.0
+    vocab = int(codes.max()) + 1
+    keys = torch.arange(length, device=codes.device) * vocab + codes
+    histogram = torch.bincount(keys.flatten(), minlength=length * vocab).double()
+    agreeing = (histogram * (histogram - 1)).sum() / 2
+    pairs = length * count * (count - 1) / 2
+    return float(1.0 - agreeing / pairs)
+
+
+# ----- models -----
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_upscaler(path: str | Path | None, device: torch.device) -> tuple[RRDBNet | None, str]:
+    """The upscale stage's saved model and its variant, or (None, lanczos-fallback).
+
+    The upscale stage always writes `rrdbnet.safetensors`, with its variant in the metadata;
+    an untrained placeholder says `lanczos-fallback` and must not be used.
+    """
+    if not path:
+        return None, LANCZOS_FALLBACK
+    with safe_open(str(path), framework="pt") as handle:
+        variant = (handle.metadata() or {}).get("variant", SELF_TRAINED)
+    if variant == LANCZOS_FALLBACK:
+        return None, LANCZOS_FALLBACK
+    return RRDBNet.load(path).to(device).eval(), variant
+
+
+@dataclasses.dataclass
+class Models:
+    dalle: Dalle
+    tokenizer: TextTokenizer
+    vqgan: VQGan
+    upscaler: RRDBNet | None
+    upscaler_variant: str
+    provenance: dict[str, str]  # sha256 of every file the images depend on
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.dalle.parameters()).device
+
+    @property
+    def output_method(self) -> str:
+        """How decoded images reach 512 px: recorded so a demo result is never taken for a paper one."""
+        if self.vqgan.config.dwt:
+            return DWT_DECODER
+        size = self.vqgan.config.output_resolution  # load_models checked the grids agree
+        if self.upscaler is None or not needs_super_resolution(size, size, TARGET_SIZE):
+            return LANCZOS_FALLBACK
+        return self.upscaler_variant
+
+
+def load_models(
+    checkpoint: str | Path,
+    bpe: str | Path,
+    vqgan: str | Path,
+    upscaler: str | Path | None,
+    device: torch.device,
+) -> Models:
+    dalle = Dalle.load(checkpoint).to(device).eval()
+    tokenizer = TextTokenizer.load(bpe)
+    image_model = VQGan.load(vqgan).to(device).eval()
+    cfg, vq = dalle.config, image_model.config
+    if (cfg.image_tokens_per_dim, cfg.image_vocab_size) != (vq.grid_size, vq.codebook_size):
+        raise ValueError(
+            f"{checkpoint} samples a {cfg.image_tokens_per_dim}² grid of {cfg.image_vocab_size} codes, "
+            f"{vqgan} decodes {vq.grid_size}² of {vq.codebook_size}"
+        )
+    if tokenizer.vocab_size > cfg.vocab_size - cfg.text_seq_length:
+        raise ValueError(f"{bpe} has {tokenizer.vocab_size} tokens, more than {checkpoint} was trained with")
+    sr_model, variant = (None, DWT_DECODER) if vq.dwt else load_upscaler(upscaler, device)
+    provenance = {
+        "checkpoint_sha256": sha256_file(checkpoint),
+        "tokenizer_sha256": sha256_file(bpe),
+        "vqgan_sha256": sha256_file(vqgan),
+    }
+    if sr_model is not None and upscaler:
+        provenance["upscaler_sha256"] = sha256_file(upscaler)
+    return Models(dalle, tokenizer, image_model, sr_model, variant, provenance)
+
+
+# ----- sampling and rendering -----
+
+
+@dataclasses.dataclass
+class PromptResult:
+    check: PromptCheck
+    codes: torch.Tensor  # [attempts, grid * grid] long, CPU
+    scores: torch.Tensor  # [attempts] mean NLL (lower is better)
+    order: torch.Tensor  # [attempts] attempt indices, best first
+
+    @property
+    def diversity(self) -> float:
+        return code_diversity(self.codes)
+
+
+@dataclasses.dataclass
+class CellRun:
+    cell: SamplingCell  # as requested
+    effective: SamplingCell  # as sampled (top_k clamped)
+    notes: list[str]
+    prompts: list[PromptResult]
+    seconds: float  # sampling only; the figure behind images/s
+
+
+def sample_cell(
+    models: Models,
+    prompts: Sequence[str],
+    cell: SamplingCell,
+    attempts: int,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> CellRun:
+    """Sample `attempts` images per prompt and rank them; warnings are logged and returned."""
+    if not isinstance(attempts, int) or attempts < 1:
+        raise ValueError(f"attempts must be an integer >= 1, got {attempts!r}")
+    cfg = models.dalle.config
+    effective, clamp_note = cell.clamped(cfg.image_vocab_size)
+    notes = [clamp_note] if clamp_note else []
+    checks = [check_prompt(models.tokenizer, require_prompt(text), cfg.text_seq_length) for text in prompts]
+    for check in checks:
+        notes.extend(check.warnings())
+    for note in notes:
+        log.warning("%s", note)
+    results = []
+    started = time.perf_counter()
+    for check in checks:
+        sample = generate(
+            models.dalle,
+            check.ids,
+            images_num=attempts,
+            top_k=effective.top_k,
+            top_p=effective.top_p,
+            temperature=effective.temperature,
+            seed=effective.seed,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        results.append(PromptResult(check, sample.codes, sample.scores, rank_by_score(sample.scores)))
+    return CellRun(cell, effective, notes, results, time.perf_counter() - started)
+
+
+@torch.inference_mode()
+def render(models: Models, codes: torch.Tensor, batch_size: int = 16) -> list[np.ndarray]:
+    """Codes [N, L] -> N uint8 (512, 512, 3) arrays, by `models.output_method`."""
+    pixels: list[np.ndarray] = []
+    for chunk in codes.split(batch_size):
+        decoded = to_uint8(models.vqgan.decode(chunk.to(models.device))).permute(0, 2, 3, 1).numpy()
+        pixels.extend(decoded)
+    # upscale_to super-resolves only images smaller than the target, then resizes exactly.
+    sr_model = models.upscaler if models.output_method not in (DWT_DECODER, LANCZOS_FALLBACK) else None
+    return upscale_to(pixels, sr_model, TARGET_SIZE, batch_size)
+
+
+# ----- contact sheets -----
+
+
+@cache
+def sheet_font(size: int) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans from matplotlib's package data: has Cyrillic and is the same on every machine."""
+    import matplotlib
+
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    return ImageFont.truetype(str(path), size)
+
+
+def _fit(text: str, font: ImageFont.FreeTypeFont, width: int) -> str:
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def contact_sheet(
+    rows: Sequence[tuple[str, Sequence[np.ndarray]]],
+    title: str = "",
+    thumb: int = 128,
+    columns: int | None = None,
+    pad: int = 4,
+    font_size: int = 16,
+) -> Image.Image:
+    """One row of thumbnails per prompt, best first, with the prompt written under its row."""
+    columns = columns or max((len(images) for _, images in rows), default=1)
+    font = sheet_font(font_size)
+    line = font_size + 2 * pad
+    width = columns * (thumb + pad) + pad
+    top = line if title else 0
+    height = top + len(rows) * (thumb + pad + line) + pad
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((pad, pad), _fit(title, font, width - 2 * pad), fill="black", font=font)
+    for row, (prompt, images) in enumerate(rows):
+        y = top + pad + row * (thumb + pad + line)
+        for column, pixels in enumerate(images[:columns]):
+            tile = Image.fromarray(pixels).resize((thumb, thumb), Image.Resampling.BOX)
+            sheet.paste(tile, (pad + column * (thumb + pad), y))
+        draw.text((pad, y + thumb + pad), _fit(prompt, font, width - 2 * pad), fill="black", font=font)
+    return sheet
+
+
+# ----- writing -----
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """PNG without metadata: equal pixels give equal bytes, so hashes are stable."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def image_stem(prompt_index: int, rank: int, attempt: int) -> str:
+    return f"p{prompt_index:03d}-r{rank:04d}-i{attempt:04d}"
+
+
+def image_record(
+    run: CellRun, models: Models, prompt_index: int, rank: int, png_sha256: str, *, keep_codes: bool = True
+) -> dict[str, Any]:
+    """The sidecar: everything needed to trace (and regenerate) one image."""
+    result = run.prompts[prompt_index]
+    attempt = int(result.order[rank])
+    record: dict[str, Any] = {
+        "prompt": result.check.text,
+        "prompt_index": prompt_index,
+        "seed": run.cell.seed,
+        "image_index": attempt,
+        "rank": rank,
+        "top_k": run.cell.top_k,
+        "top_k_effective": run.effective.top_k,
+        "top_p": run.cell.top_p,
+        "temperature": run.cell.temperature,
+        "score": round(float(result.scores[attempt]), 6),
+        "truncated": result.check.truncated,
+        "unknown_tokens": result.check.unknown_tokens,
+        "latin_only": result.check.latin_only,
+        "size": TARGET_SIZE,
+        "upscaler": models.output_method,
+        "png_sha256": png_sha256,
+        **models.provenance,
+    }
+    if keep_codes:
+        record["codes"] = result.codes[attempt].tolist()
+    return record
+
+
+def write_ranked_images(folder: Path, run: CellRun, models: Models, per_prompt: int, batch_size: int) -> list:
+    """The best `per_prompt` images of each prompt as PNG + JSON sidecar; returns pixels per prompt."""
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = []
+    for prompt_index, result in enumerate(run.prompts):
+        ranks = range(min(per_prompt, len(result.order)))
+        pixels = render(models, result.codes[result.order[: len(ranks)]], batch_size)
+        for rank, image in zip(ranks, pixels, strict=True):
+            data = png_bytes(image)
+            stem = image_stem(prompt_index, rank, int(result.order[rank]))
+            write_bytes_atomic(folder / f"{stem}.png", data)
+            write_json_atomic(
+                folder / f"{stem}.json", image_record(run, models, prompt_index, rank, sha256_bytes(data))
+            )
+        kept.append(pixels)
+    return kept
+
+
+def write_attempts(folder: Path, run: CellRun) -> None:
+    """Every attempt's score, rank and codes (one JSON line each), and per-prompt statistics.
+
+    Cheap even for the report's 512 attempts, and enough to decode any attempt again later
+    without keeping its PNG.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    lines, stats = [], []
+    for prompt_index, result in enumerate(run.prompts):
+        rank_of = torch.empty_like(result.order)
+        rank_of[result.order] = torch.arange(len(result.order))
+        for attempt, codes in enumerate(result.codes.tolist()):
+            row = {
+                "prompt_index": prompt_index,
+                "image_index": attempt,
+                "rank": int(rank_of[attempt]),
+                "score": round(float(result.scores[attempt]), 6),
+                "codes": codes,
+            }
+            lines.append(json.dumps(row, sort_keys=True))
+        stats.append(
+            {
+                "prompt": result.check.text,
+                "tokens": result.check.tokens,
+                "truncated": result.check.truncated,
+                "unknown_tokens": result.check.unknown_tokens,
+                "latin_only": result.check.latin_only,
+                "mean_score": round(float(result.scores.mean()), 6),
+                "best_score": round(float(result.scores.min()), 6),
+                "diversity": round(result.diversity, 6),
+            }
+        )
+    write_text_atomic(folder / "attempts.jsonl", "\n".join(lines) + "\n")
+    write_json_atomic(folder / "prompts.json", stats)
+
+
+def cell_metrics(run: CellRun, models: Models, keep_best: int, skipped_empty: int = 0) -> dict[str, Any]:
+    """Per-cell numbers for `dvc metrics show/diff`; deterministic (timings live elsewhere)."""
+    scores = torch.stack([r.scores for r in run.prompts])
+    kept = torch.stack([r.scores[r.order[:keep_best]] for r in run.prompts])
+    kept_diversity = [code_diversity(r.codes[r.order[:keep_best]]) for r in run.prompts]
+    checks = [r.check for r in run.prompts]
+    return {
+        "top_k": run.cell.top_k,
+        "top_k_effective": run.effective.top_k,
+        "top_p": run.cell.top_p,
+        "temperature": run.cell.temperature,
+        "seed": run.cell.seed,
+        "prompts": len(run.prompts),
+        "attempts": scores.shape[1],
+        "kept_per_prompt": kept.shape[1],
+        "mean_score": round(float(scores.mean()), 6),
+        "mean_score_kept": round(float(kept.mean()), 6),
+        "best_score": round(float(scores.min()), 6),
+        "diversity": round(float(np.mean([r.diversity for r in run.prompts])), 6),
+        "diversity_kept": round(float(np.mean(kept_diversity)), 6),
+        "prompts_skipped_empty": skipped_empty,
+        "prompts_truncated": sum(c.truncated for c in checks),
+        "prompts_latin_only": sum(c.latin_only for c in checks),
+        "unknown_tokens": sum(c.unknown_tokens for c in checks),
+        "size": TARGET_SIZE,
+        "upscaler": models.output_method,
+    }
+
+
+def timing(run: CellRun) -> dict[str, float]:
+    images = sum(len(r.scores) for r in run.prompts)
+    return {
+        "images": images,
+        "sampling_s": round(run.seconds, 3),
+        "images_per_s": round(images / run.seconds, 3) if run.seconds > 0 else 0.0,
+    }
+
+
+def write_sheet(
+    dest: Path, run: CellRun, models: Models, kept: Sequence[Sequence[np.ndarray]], thumb: int
+) -> None:
+    title = f"{run.cell.name} · {models.output_method}"
+    sheet = contact_sheet(
+        [(r.check.text, images) for r, images in zip(run.prompts, kept, strict=True)], title, thumb
+    )
+    write_bytes_atomic(dest, png_bytes(np.asarray(sheet)))
+
+
+def write_cell(
+    out: Path,
+    models: Models,
+    prompt_list: PromptList,
+    cell: SamplingCell,
+    attempts: int,
+    keep_best: int,
+    save_all: bool = False,
+    batch_size: int = 16,
+    thumb: int = 128,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Sample, rank and write one cell into `out` (layout in stages/generate.py); returns its metrics."""
+    if not isinstance(keep_best, int) or keep_best < 1:
+        raise ValueError(f"keep_best must be an integer >= 1, got {keep_best!r}")
+    keep = min(keep_best, attempts)
+    log.info(
+        "cell %s: %d prompt(s) x %d attempts, 512 px by %s",
+        cell.name,
+        len(prompt_list.prompts),
+        attempts,
+        models.output_method,
+    )
+    run = sample_cell(models, prompt_list.prompts, cell, attempts, batch_size, progress)
+    # A run owns its folder: leftovers of an earlier run with other settings must not linger.
+    for stale in ("kept", "all"):
+        shutil.rmtree(out / stale, ignore_errors=True)
+    kept = write_ranked_images(out / "kept", run, models, keep, batch_size)
+    if save_all:
+        write_ranked_images(out / "all", run, models, attempts, batch_size)
+    write_attempts(out / "all", run)
+    write_sheet(out / "sheet.png", run, models, kept, thumb)
+    metrics = cell_metrics(run, models, keep, prompt_list.skipped_empty)
+    write_json_atomic(out / "metrics.json", metrics)
+    write_json_atomic(out / "timing.json", timing(run))
+    return {**metrics, "notes": run.notes}
+
+
+def generate_command(args: Any) -> int:
+    """`emojich generate`: the stage's work for prompts given on the command line."""
+    try:
+        prompts = [require_prompt(text) for text in args.prompts]
+        skipped = 0
+        if args.prompts_file:
+            listed = read_prompts(args.prompts_file)
+            prompts, skipped = prompts + listed.prompts, listed.skipped_empty
+        if not prompts:
+            raise ValueError("give a prompt, or --prompts-file")
+        cell = SamplingCell(args.top_k, args.top_p, args.temperature, args.seed)
+        if args.images < 1:
+            raise ValueError(f"-n must be >= 1, got {args.images}")
+        tokens = Path(args.tokens)
+        models = load_models(
+            args.checkpoint,
+            tokens / "bpe.json",
+            tokens / "vqgan.safetensors",
+            args.upscaler or None,
+            resolve_device(args.device),
+        )
+        metrics = write_cell(
+            Path(args.out),
+            models,
+            PromptList(prompts, skipped),
+            cell,
+            attempts=args.images,
+            keep_best=args.keep_best or args.images,
+            batch_size=args.batch_size,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"emojich generate: error: {error}", file=sys.stderr)
+        return 2
+    for note in metrics["notes"]:
+        print(f"note: {note}")
+    print(
+        f"{metrics['prompts']} prompt(s) x {metrics['attempts']} images, 512 px by {metrics['upscaler']}, "
+        f"mean score {metrics['mean_score']:.4f}, diversity {metrics['diversity']:.3f} -> {args.out}"
+    )
+    return 0

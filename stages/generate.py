@@ -1,0 +1,120 @@
+"""Stage `generate`: one cell of the sampling grid (top-k, top-p, temperature, seed) per run.
+
+dvc.yaml expands the grid of `params.yaml` with `matrix` and passes each cell's values on the
+command line, so `dvc.lock` records them in the stage's `cmd`. Everything else comes from the
+`generate` section of params.yaml.
+
+Outputs, under `data/generated/<cell>/`:
+- `kept/`: the best `keep_best` images per prompt (lowest mean NLL), PNG 512 px + JSON sidecar;
+- `all/`: `attempts.jsonl` (score, rank and codes of every attempt), `prompts.json` (per-prompt
+  statistics) and, only with `save_all`, every attempt's PNG + sidecar;
+- `sheet.png`: contact sheet, one row of kept images per prompt (a DVC plot);
+- `metrics.json`: deterministic per-cell numbers for `dvc metrics show/diff`;
+- `timing.json`: images/s; uncached and read by nothing downstream, since a timing differs run
+  to run and would otherwise make identical outputs look changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from emojich.generation import (
+    SamplingCell,
+    load_models,
+    read_prompts,
+    resolve_device,
+    write_cell,
+)
+from emojich.params import from_dict, load_section
+
+log = logging.getLogger("stages.generate")
+
+
+@dataclasses.dataclass
+class GridParams:
+    """Read by dvc.yaml's `matrix` only; the stage gets its one cell on the command line."""
+
+    top_k: list[int] = dataclasses.field(default_factory=lambda: [32, 512])
+    top_p: list[float] = dataclasses.field(default_factory=lambda: [0.995])
+    temperature: list[float] = dataclasses.field(default_factory=lambda: [1.0])
+    seed: list[int] = dataclasses.field(default_factory=lambda: [42])
+
+
+@dataclasses.dataclass
+class GenerateParams:
+    prompts: str = "prompts/appendix.txt"
+    attempts: int = 8  # per prompt and cell; the report advises ~512 on a GPU
+    keep_best: int = 4
+    save_all: bool = False  # PNGs of every attempt too (all/ always has their codes and scores)
+    batch_size: int = 16
+    sheet_thumb: int = 128  # px per image on the contact sheet
+    checkpoint: str = "data/finetune/model.safetensors"
+    tokens: str = "data/tokens"  # bpe.json and vqgan.safetensors
+    upscaler: str | None = "data/upscaled/rrdbnet.safetensors"
+    threads: int = 0  # torch threads; 0 = torch default
+    device: str = "auto"
+    grid: GridParams = dataclasses.field(default_factory=GridParams)
+
+    def __post_init__(self) -> None:
+        for name in ("attempts", "keep_best", "batch_size", "sheet_thumb"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"generate.{name} must be an integer >= 1, got {value!r}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m stages.generate", description=__doc__.splitlines()[0])
+    parser.add_argument("--top-k", type=int, required=True)
+    parser.add_argument("--top-p", type=float, required=True)
+    parser.add_argument("--temperature", type=float, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--out", type=Path, help="default: data/generated/<cell name>")
+    parser.add_argument("--params", default="params.yaml")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        params = from_dict(GenerateParams, load_section("generate", args.params), "generate")
+        cell = SamplingCell(args.top_k, args.top_p, args.temperature, args.seed)
+        prompt_list = read_prompts(params.prompts)
+        if params.threads > 0:
+            torch.set_num_threads(params.threads)
+        tokens = Path(params.tokens)
+        models = load_models(
+            params.checkpoint,
+            tokens / "bpe.json",
+            tokens / "vqgan.safetensors",
+            params.upscaler,
+            resolve_device(params.device),
+        )
+        out = args.out or Path("data/generated") / cell.name
+        metrics = write_cell(
+            out,
+            models,
+            prompt_list,
+            cell,
+            attempts=params.attempts,
+            keep_best=params.keep_best,
+            save_all=params.save_all,
+            batch_size=params.batch_size,
+            thumb=params.sheet_thumb,
+        )
+    except (ValueError, KeyError, FileNotFoundError) as error:
+        # Bad parameters or missing inputs: one clear line, not a traceback.
+        log.error("%s", error)
+        return 2
+    log.info("%s", metrics)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
