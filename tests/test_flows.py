@@ -275,7 +275,7 @@ def test_sweep_commands_queue_and_run_a_dvc_experiment(tmp_path):
     run_dvc(["repro"], repo)
     seeds = derive_seeds(date(2026, 1, 6), 2)
     name = experiment_name(date(2026, 1, 6), None)
-    run_dvc(queue_command("generate.grid.seed", seeds, name), repo)
+    run_dvc(queue_command("generate.seeds", seeds, name), repo)
     run_dvc(["queue", "start", "--jobs", "1"], repo)
     assert wait_for_experiment(repo, name, poll_s=1) == "Success"
     shown = run_dvc(["exp", "show", "--md", "--only-changed", "--no-pager"], repo).output
