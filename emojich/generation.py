@@ -33,6 +33,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from safetensors import safe_open
 
+from emojich.device import resolve_device
 from emojich.imageset import to_uint8
 from emojich.models.dalle import Dalle
 from emojich.models.rrdbnet import RRDBNet
@@ -206,12 +207,6 @@ def code_diversity(codes: torch.Tensor) -> float:
 
 
 # ----- models -----
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def load_upscaler(path: str | Path | None, device: torch.device) -> tuple[RRDBNet | None, str]:

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from emojich.device import resolve_device
 from emojich.finetune import (
     PairSet,
     build_pairs,
@@ -75,12 +76,6 @@ class FinetuneParams:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalParams = dataclasses.field(default_factory=EvalParams)
     device: str = "auto"
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def build_model(params: ModelParams, tokenizer: TextTokenizer, vqgan: VQGan) -> tuple[Dalle, str]:
@@ -174,7 +169,7 @@ def sample_sheet(
 
 
 def finetune(params: FinetuneParams, tokens: Path = TOKENS, out: Path = OUT) -> dict:
-    device = pick_device(params.device)
+    device = resolve_device(params.device)
     splits, captions, codes = read_split(tokens)
     tokenizer = TextTokenizer.load(tokens / "bpe.json")
     vqgan = VQGan.load(tokens / "vqgan.safetensors").eval()

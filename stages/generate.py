@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
+from emojich.device import resolve_device
 from emojich.generation import (
     SamplingCell,
     load_models,
     read_prompts,
-    resolve_device,
     write_cell,
 )
 from emojich.params import from_dict, load_section
