@@ -29,7 +29,7 @@ from flows.dvc import (
     stage_outcome,
     topological_order,
 )
-from flows.repository import RETRY_DELAYS_S, is_transient, repository_slot, resolve_repo
+from flows.repository import RETRY_DELAYS_S, dvc_task, is_transient, repository_slot, resolve_repo
 from flows.summary import (
     DvcReport,
     StageResult,
@@ -40,15 +40,6 @@ from flows.summary import (
 )
 
 STICKER_MANIFEST = Path("data/stickers/pack/manifest.json")
-
-# Results of these tasks are facts about the workspace at one moment; Prefect must never replay them from a
-# cache (DVC's own run-cache is the cache that matters), hence NO_CACHE everywhere.
-dvc_task = task(
-    retries=len(RETRY_DELAYS_S),
-    retry_delay_seconds=RETRY_DELAYS_S,
-    retry_condition_fn=is_transient,
-    cache_policy=NO_CACHE,
-)
 
 
 @dvc_task

@@ -10,7 +10,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from prefect import Task, get_client
+from prefect import Task, get_client, task
+from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import TaskRun
 from prefect.concurrency.sync import concurrency
@@ -36,6 +37,16 @@ def is_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> 
     except Exception:
         return False
     return False
+
+
+# Results of these tasks are facts about the workspace at one moment; Prefect must never replay them from a
+# cache (DVC's own run-cache is the cache that matters), hence NO_CACHE everywhere.
+dvc_task = task(
+    retries=len(RETRY_DELAYS_S),
+    retry_delay_seconds=RETRY_DELAYS_S,
+    retry_condition_fn=is_transient,
+    cache_policy=NO_CACHE,
+)
 
 
 def resolve_repo(repo: str | None) -> Path:

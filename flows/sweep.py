@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.dvc import read_param, run_dvc
-from flows.repository import RETRY_DELAYS_S, is_transient, repository_slot, resolve_repo
+from flows.repository import dvc_task, repository_slot, resolve_repo
 from flows.summary import sweep_summary
 
 # The deployments' schedules are in Moscow time: a run at 02:00 belongs to that Moscow date, which in UTC
@@ -75,14 +75,6 @@ def queue_state(status_output: str, name: str) -> str | None:
         if len(fields) >= 2 and fields[1] == name:
             return next((f for f in reversed(fields) if f in QUEUE_STATES), None)
     return None
-
-
-dvc_task = task(
-    retries=len(RETRY_DELAYS_S),
-    retry_delay_seconds=RETRY_DELAYS_S,
-    retry_condition_fn=is_transient,
-    cache_policy=NO_CACHE,
-)
 
 
 @dvc_task

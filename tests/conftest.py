@@ -1,10 +1,23 @@
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.pipeline import dvc, make_pipeline_repo, run
 from tests.smoke import SMOKE
+
+
+@pytest.fixture(autouse=True)
+def _offline_single_thread(monkeypatch) -> Iterator[None]:
+    """No test may reach a model hub; and tests use tiny tensors, for which handing work to a second
+    thread costs more than it saves (far more on a busy 2-core machine)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,6 @@ import torch.nn.functional as F
 
 from emojich.models.checkpoints import CheckpointError
 from emojich.models.dalle import MASK_BUFFER_NAMES, Dalle, DalleConfig
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    # Tiny tensors: fanning out to threads costs more than it saves, far more on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _published_xl_shapes() -> dict[str, tuple[int, ...]]:

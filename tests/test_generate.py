@@ -66,14 +66,6 @@ def make_tiny_assets(root: Path, dwt: bool = False) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict[str, Path]:
     return make_tiny_assets(tmp_path_factory.mktemp("assets"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -11,15 +10,6 @@ import torch.nn.functional as F
 
 from emojich.models.dalle import Dalle, DalleConfig
 from emojich.sampling import IncrementalDecoder, SampleResult, filter_logits, generate, key_segments
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    # Tiny tensors: fanning out to threads costs more than it saves, far more on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _model(fmt: str = "v3", preset: str = "tiny", scale: float = 4.0, seed: int = 0) -> Dalle:

@@ -28,16 +28,6 @@ from emojich.segment.unet import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _offline_single_thread(monkeypatch):
-    # Nothing may reach a model hub; one thread keeps timings steady on a shared 2-core machine.
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class PresetLogits(nn.Module):
     """Stand-in U-Net: image i (filled with grey level i) gets the logit margin `margins[i]` everywhere."""
 

@@ -4,7 +4,6 @@ import json
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from emojich.cli import main
@@ -20,15 +19,6 @@ from emojich.stickers import (
     write_sticker,
 )
 from emojich.storage import sha256_file
-
-
-@pytest.fixture(autouse=True)
-def _offline_single_thread(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _face(side=256):

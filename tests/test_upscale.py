@@ -26,15 +26,6 @@ from tests.synthetic_raw import emoji_rgba, make_raw
 SMALL = RRDBNetConfig(num_feat=8, num_block=1, num_grow_ch=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: one thread avoids OpenMP hand-off costs, which explode on a busy CI machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _random_model(config: RRDBNetConfig) -> RRDBNet:
     torch.manual_seed(0)
     model = RRDBNet(config).eval()
