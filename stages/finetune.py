@@ -23,6 +23,9 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+import emojich.finetune
+import emojich.models.dalle
+import emojich.training
 from emojich.device import resolve_device
 from emojich.finetune import (
     PairSet,
@@ -123,11 +126,17 @@ def read_split(tokens: Path) -> tuple[list[str], list[str], torch.Tensor]:
     return [r["split"] for r in rows], [r["caption"] for r in rows], codes
 
 
+# The code that decides what a training step computes: a checkpoint made by other code is not resumed.
+TRAINING_CODE = (emojich.finetune, emojich.training, emojich.models.dalle)
+
+
 def run_key(params: FinetuneParams, tokens: Path) -> str:
-    """What a resumable checkpoint must agree with: every parameter and the input data."""
+    """What a resumable checkpoint must agree with: every parameter, the input data and the training code."""
     digest = hashlib.sha256(json.dumps(dataclasses.asdict(params), sort_keys=True, default=str).encode())
     for name in ("codes.safetensors", "index.csv", "bpe.json", "vqgan.safetensors"):
         digest.update(sha256_file(tokens / name).encode())
+    for module in TRAINING_CODE:
+        digest.update(sha256_file(module.__file__).encode())
     return digest.hexdigest()
 
 

@@ -143,7 +143,7 @@ def _upscaled_folder(root, count=30, size=32):
     return root
 
 
-def test_tokenize_and_finetune_stages_end_to_end(tmp_path):
+def test_tokenize_and_finetune_stages_end_to_end(tmp_path, monkeypatch):
     upscaled = _upscaled_folder(tmp_path / "upscaled")
     tokens = tmp_path / "tokens"
     tok_metrics = tokenize(
@@ -187,6 +187,15 @@ def test_tokenize_and_finetune_stages_end_to_end(tmp_path):
     again = finetune(params, tokens, out)
     assert (out / "model.safetensors").read_bytes() == first
     assert again["checkpoint_sha256"] == metrics["checkpoint_sha256"]
+
+    # Other training code: the finished checkpoint is not resumed; training starts over.
+    import stages.finetune as stage
+
+    monkeypatch.setattr(stage, "TRAINING_CODE", (*stage.TRAINING_CODE, stage))
+    seen = []
+    monkeypatch.setattr(stage.Trainer, "resume", lambda self, folder: seen.append(folder) or False)
+    finetune(params, tokens, out)
+    assert seen == []  # the key changed, so resuming was not even attempted
 
     # A checkpoint of another config is a clear error.
     other = Dalle(DalleConfig.preset("tiny"))
