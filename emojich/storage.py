@@ -8,12 +8,14 @@ within one filesystem, which is why the temporary lives beside the destination).
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import hashlib
+import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,17 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in chunks (md5 is what DVC records in dvc.lock)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    return file_digest(path, "sha256")
 
 
 @functools.cache
@@ -81,3 +88,18 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
         tmp.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def dumps_csv(header: Sequence[object], rows: Iterable[Sequence[object]]) -> str:
+    """CSV text with "\n" line endings on every platform, so equal rows give equal bytes."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_csv_atomic(
+    dest: str | os.PathLike[str], header: Sequence[object], rows: Iterable[Sequence[object]]
+) -> None:
+    write_text_atomic(dest, dumps_csv(header, rows))

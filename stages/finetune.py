@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 from pathlib import Path
@@ -41,7 +40,7 @@ from emojich.models.dalle import Dalle, DalleConfig
 from emojich.models.vqgan import VQGan
 from emojich.params import from_dict, load_section
 from emojich.sampling import generate
-from emojich.storage import sha256_file, write_json_atomic, write_text_atomic
+from emojich.storage import sha256_file, write_csv_atomic, write_json_atomic, write_text_atomic
 from emojich.tokenizer import TextTokenizer
 from emojich.training import StepLog, TrainConfig, Trainer
 
@@ -148,11 +147,7 @@ class CsvLog:
 
     def add(self, **values: float) -> None:
         self.rows.append([_fmt(values[c]) for c in self.columns])
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(self.columns)
-        writer.writerows(self.rows)
-        write_text_atomic(self.path, buffer.getvalue())
+        write_csv_atomic(self.path, self.columns, self.rows)
 
 
 def _fmt(value: float) -> str:

@@ -7,9 +7,7 @@ A file that cannot be used is skipped with a reason (counted in the metrics), ne
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import multiprocessing
 import shutil
 import sys
@@ -30,7 +28,7 @@ from emojich.data.images import (
 )
 from emojich.data.split import SPLITS, split_captions, split_of
 from emojich.params import from_dict, load_section
-from emojich.storage import sha256_bytes, write_bytes_atomic, write_json_atomic, write_text_atomic
+from emojich.storage import dumps_csv, sha256_bytes, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 RAW_DIR = Path("data/raw")
 OUT_DIR = Path("data/prepared")
@@ -163,13 +161,12 @@ def prepare_metrics(manifest: list[PreparedRow], rejects: Counter[str], params: 
 
 
 def _rejects_csv(rejected: list[_Outcome]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(("id", "image_path", "reason", "detail"))
-    for o in sorted(rejected, key=lambda o: o.row.id):
-        # Details can carry absolute paths or library versions; keep the file machine-independent.
-        writer.writerow((o.row.id, o.row.image_path, o.reason, o.detail.replace(str(Path.cwd()), ".")))
-    return buffer.getvalue()
+    # Details can carry absolute paths or library versions; keep the file machine-independent.
+    rows = (
+        (o.row.id, o.row.image_path, o.reason, o.detail.replace(str(Path.cwd()), "."))
+        for o in sorted(rejected, key=lambda o: o.row.id)
+    )
+    return dumps_csv(("id", "image_path", "reason", "detail"), rows)
 
 
 def main() -> int:

@@ -38,7 +38,12 @@ from emojich.segment.pseudolabel import (
     run_pseudolabel,
 )
 from emojich.segment.unet import build_unet, load_unet, preset, save_unet
-from emojich.storage import remove_stale_temporaries, write_bytes_atomic, write_json_atomic, write_text_atomic
+from emojich.storage import (
+    remove_stale_temporaries,
+    write_bytes_atomic,
+    write_csv_atomic,
+    write_json_atomic,
+)
 
 UPSCALED_DIR = Path("data/upscaled")
 OUT_DIR = Path("data/segment")
@@ -113,12 +118,6 @@ def find_generated(pattern: str) -> list[Path]:
     return sorted(Path(path) for path in glob.glob(pattern, recursive=True) if Path(path).is_file())
 
 
-def _csv(rows: list[list]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue()
-
-
 def _png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", compress_level=6)
@@ -177,7 +176,7 @@ def segment(
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
     save_unet(model, config, out_dir / "unet.safetensors")
-    write_text_atomic(out_dir / "rounds.csv", _csv(rounds_rows))
+    write_csv_atomic(out_dir / "rounds.csv", rounds_rows[0], rounds_rows[1:])
 
     methods = write_labels(paths, generated, result, root, out_dir, params.contour)
     final = result.history[-1]
@@ -221,7 +220,7 @@ def write_labels(
         mask = _relative(path, root).with_suffix(".png")
         write_bytes_atomic(out_dir / "masks" / mask, _png(alpha))
         rows.append([path.as_posix(), mask.as_posix(), method, f"{result.confidence[index]:.6f}"])
-    write_text_atomic(out_dir / "labels.csv", _csv(rows))
+    write_csv_atomic(out_dir / "labels.csv", rows[0], rows[1:])
     return methods
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import logging
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from emojich.models.vqgan import (
     train_vqgan,
 )
 from emojich.params import from_dict, load_section
-from emojich.storage import atomic_path, sha256_file, write_json_atomic, write_text_atomic
+from emojich.storage import atomic_path, sha256_file, write_csv_atomic, write_json_atomic
 from emojich.tokenizer import TextTokenizer
 
 UPSCALED = Path("data/upscaled")
@@ -158,11 +157,7 @@ def tokenize(params: TokenizeParams, upscaled: Path = UPSCALED, out: Path = OUT)
 
 def write_index(rows: list[dict[str, str]], dest: Path) -> None:
     """Row i of `codes.safetensors` belongs to line i of this table."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(INDEX_COLUMNS)
-    writer.writerows([row[key] for key in INDEX_COLUMNS] for row in rows)
-    write_text_atomic(dest, buffer.getvalue())
+    write_csv_atomic(dest, INDEX_COLUMNS, ([row[key] for key in INDEX_COLUMNS] for row in rows))
 
 
 def main() -> None:

@@ -12,9 +12,7 @@ a run anyway, and the whole stage takes about two minutes in the demo profile.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import shutil
 import sys
 import time
@@ -29,7 +27,12 @@ from emojich.data.images import PreparedRow, decode_png_array, encode_png, read_
 from emojich.data.split import TRAIN, VALIDATION
 from emojich.models.rrdbnet import RRDBNet, preset
 from emojich.params import from_dict, load_section
-from emojich.storage import sha256_bytes, write_bytes_atomic, write_json_atomic, write_text_atomic
+from emojich.storage import (
+    sha256_bytes,
+    write_bytes_atomic,
+    write_csv_atomic,
+    write_json_atomic,
+)
 from emojich.upscale import (
     TrainConfig,
     evaluate_sr,
@@ -236,11 +239,7 @@ def _write(
 
 
 def _write_manifest(path: Path, records: list[tuple]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
-    writer.writerows(records)
-    write_text_atomic(path, buffer.getvalue())
+    write_csv_atomic(path, MANIFEST_COLUMNS, records)
 
 
 def main() -> int:

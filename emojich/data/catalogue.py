@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from emojich.storage import write_json_atomic, write_text_atomic
+from emojich.storage import dumps_csv, write_json_atomic, write_text_atomic
 
 CAPTIONS_FILE = "captions.csv"
 STATS_FILE = "stats.json"
@@ -45,12 +45,7 @@ def normalise_caption(text: str) -> str:
 
 
 def catalogue_to_csv(rows: Iterable[CatalogueRow]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for row in sorted(rows):
-        writer.writerow(dataclasses.astuple(row))
-    return buffer.getvalue()
+    return dumps_csv(COLUMNS, (dataclasses.astuple(row) for row in sorted(rows)))
 
 
 def write_catalogue(rows: Iterable[CatalogueRow], raw_dir: str | Path) -> Path:

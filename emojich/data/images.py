@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from emojich.storage import write_text_atomic
+from emojich.storage import write_csv_atomic, write_text_atomic
 
 # The report's rule: pixels with alpha below this become white.
 DEFAULT_ALPHA_THRESHOLD = 128
@@ -188,12 +188,7 @@ PREPARED_COLUMNS = tuple(f.name for f in dataclasses.fields(PreparedRow))
 
 
 def write_prepared_manifest(rows: list[PreparedRow], path: str | Path) -> Path:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(PREPARED_COLUMNS)
-    for row in sorted(rows):
-        writer.writerow(dataclasses.astuple(row))
-    write_text_atomic(path, buffer.getvalue())
+    write_csv_atomic(path, PREPARED_COLUMNS, (dataclasses.astuple(row) for row in sorted(rows)))
     return Path(path)
 
 
