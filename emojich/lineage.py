@@ -19,7 +19,6 @@ import contextlib
 import csv
 import dataclasses
 import functools
-import hashlib
 import json
 import subprocess
 from collections import Counter
@@ -28,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from emojich.storage import sha256_file
+from emojich.storage import file_digest, sha256_file
 
 STICKERS = Path("data/stickers/images")
 GENERATED = Path("data/generated")
@@ -206,8 +205,7 @@ class Tracer:
             return
         link.sha256 = sha256_file(self.root / TOKENS_INDEX)
         train_ids = [row["id"] for row in index if row["split"] == "train"]
-        prepared = {row["id"]: row for row in _read_csv(self.root / PREPARED / "manifest.csv") or []}
-        raw = {row["id"]: row for row in _read_csv(self.root / RAW / "captions.csv") or []}
+        prepared, raw = self.prepared_rows, self.raw_rows
         styles, licences = Counter(), Counter()
         broken: list[str] = []
         for item_id in train_ids:
@@ -236,8 +234,7 @@ class Tracer:
 
     def _item(self, item_id: str, lineage: Lineage, start: str) -> None:
         if start == "upscaled":
-            upscaled = {row["id"]: row for row in _read_csv(self.root / UPSCALED / "manifest.csv") or []}
-            row = upscaled.get(item_id)
+            row = self.upscaled_rows.get(item_id)
             path = UPSCALED / "images" / f"{item_id}.png"
             link = Link("item", "upscaled image", path.as_posix(), sha256_file(self.root / path))
             lineage.links.append(link)
@@ -247,8 +244,7 @@ class Tracer:
             link.facts = {"method": row.get("method"), "split": row.get("split")}
             if row["sha256"] != link.sha256:
                 link.problem = "image-modified: the upscaled image differs from its manifest"
-        prepared = {row["id"]: row for row in _read_csv(self.root / PREPARED / "manifest.csv") or []}
-        row = prepared.get(item_id)
+        row = self.prepared_rows.get(item_id)
         path = PREPARED / "rgb" / f"{item_id}.png"
         link = Link("item", "prepared image", path.as_posix(), _sha_or_none(self.root / path))
         lineage.links.append(link)
@@ -258,7 +254,7 @@ class Tracer:
         link.facts = {"caption": row["caption"], "split": row["split"], "style": row["style"]}
         if row["rgb_sha256"] != link.sha256:
             link.problem = "image-modified: the prepared image differs from its manifest"
-        raw = {r["id"]: r for r in _read_csv(self.root / RAW / "captions.csv") or []}.get(item_id)
+        raw = self.raw_rows.get(item_id)
         source = Link("item", "source image", None)
         lineage.links.append(source)
         if raw is None:
@@ -307,11 +303,24 @@ class Tracer:
     def changes(self) -> dict[str, str]:
         return dvc_changes(self.root)
 
+    @functools.cached_property
+    def raw_rows(self) -> dict[str, dict[str, str]]:
+        return _rows_by_id(self.root / RAW / "captions.csv")
+
+    @functools.cached_property
+    def prepared_rows(self) -> dict[str, dict[str, str]]:
+        return _rows_by_id(self.root / PREPARED / "manifest.csv")
+
+    @functools.cached_property
+    def upscaled_rows(self) -> dict[str, dict[str, str]]:
+        return _rows_by_id(self.root / UPSCALED / "manifest.csv")
+
     def _matches_lock(self, relative: Path) -> bool:
         for entry in self.lock.values():
             for out in entry.get("outs", []):
                 if out["path"] == relative.as_posix():
-                    return out.get("md5") == _md5(self.root / relative)
+                    full = self.root / relative
+                    return full.is_file() and out.get("md5") == file_digest(full, "md5")
         return False
 
     def _stage_owning(self, relative: Path) -> str | None:
@@ -394,6 +403,10 @@ def _read_yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 
+def _rows_by_id(path: Path) -> dict[str, dict[str, str]]:
+    return {row["id"]: row for row in _read_csv(path) or []}
+
+
 def _read_csv(path: Path) -> list[dict[str, str]] | None:
     if not path.is_file():
         return None
@@ -403,16 +416,6 @@ def _read_csv(path: Path) -> list[dict[str, str]] | None:
 
 def _sha_or_none(path: Path) -> str | None:
     return sha256_file(path) if path.is_file() else None
-
-
-def _md5(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _git(root: Path, *args: str) -> str | None:
