@@ -74,9 +74,12 @@ def build_pairs(
             f"{bad} image(s) have codes outside [0, {image_vocab}): the codes were made by another image "
             "tokenizer than the one this model expects"
         )
-    truncated = sum(len(tokenizer.tokenize(caption)) + 2 > text_seq_length for caption in captions)
     text = torch.tensor(tokenizer.encode_batch(list(captions), text_seq_length), dtype=torch.long)
-    return PairSet(text.reshape(len(captions), text_seq_length), codes, list(captions), truncated)
+    text = text.reshape(len(captions), text_seq_length)
+    # A caption that fits ends in eos or padding; one that was cut ends in one of its own tokens.
+    last = text[:, -1] if len(text) else text.new_zeros(0)
+    truncated = int(((last != TextTokenizer.eos_id) & (last != TextTokenizer.pad_id)).sum())
+    return PairSet(text, codes, list(captions), truncated)
 
 
 def pair_loss(pairs: PairSet, device: torch.device):

@@ -172,7 +172,7 @@ def check_prompt(tokenizer: TextTokenizer, text: str, text_seq_length: int) -> P
     pieces = tokenizer.tokenize(text)
     return PromptCheck(
         text=text,
-        ids=tokenizer.encode(text, text_seq_length),
+        ids=tokenizer.frame(pieces, text_seq_length),
         tokens=len(pieces),
         truncated=len(pieces) + 2 > text_seq_length,  # + bos and eos
         unknown_tokens=sum(1 for token in pieces if token == UNK_ID),

@@ -194,11 +194,11 @@ class TextTokenizer:
         return self._tokenizer.encode(normalize_caption(text)).ids
 
     def encode(self, text: str, text_seq_length: int) -> list[int]:
-        return self._frame(self.tokenize(text), text_seq_length)
+        return self.frame(self.tokenize(text), text_seq_length)
 
     def encode_batch(self, texts: Sequence[str], text_seq_length: int) -> list[list[int]]:
         encodings = self._tokenizer.encode_batch([normalize_caption(text) for text in texts])
-        return [self._frame(encoding.ids, text_seq_length) for encoding in encodings]
+        return [self.frame(encoding.ids, text_seq_length) for encoding in encodings]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`, skipping special ids and ids beyond the vocabulary.
@@ -214,7 +214,8 @@ class TextTokenizer:
         return self._tokenizer.encode(normalize_caption(text)).tokens
 
     @staticmethod
-    def _frame(ids: list[int], length: int) -> list[int]:
+    def frame(ids: list[int], length: int) -> list[int]:
+        """BPE ids -> `[bos] + ids + [eos]`, cut to `length` (eos is lost when cut), right-padded."""
         tokens = [BOS_ID, *ids, EOS_ID][:length]
         return tokens + [PAD_ID] * (length - len(tokens))
 
