@@ -47,15 +47,21 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-@contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside `dest`; on success it replaces `dest`, on error it is removed."""
+def temporary_beside(dest: str | os.PathLike[str]) -> Path:
+    """A new empty file in `dest`'s folder, named so that `remove_stale_temporaries` finds it."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, _file_mode())
+    os.chmod(tmp_name, _file_mode())
+    return Path(tmp_name)
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; on success it replaces `dest`, on error it is removed."""
+    dest = Path(dest)
+    tmp = temporary_beside(dest)
     try:
         yield tmp
         os.replace(tmp, dest)
