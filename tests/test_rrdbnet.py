@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
+from safetensors import safe_open
 
 from emojich.models.checkpoints import CheckpointError
 from emojich.models.rrdbnet import PRESETS, RRDBNet, RRDBNetConfig, preset
@@ -76,6 +79,21 @@ def test_save_and_load_keep_config_and_weights(tmp_path) -> None:
     assert loaded.config == model.config
     x = torch.rand(1, 3, 8, 8)
     torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_saved_files_are_byte_identical_with_several_metadata_entries(tmp_path) -> None:
+    # safetensors writes metadata from a hash map: without normalising, these hashes differ.
+    model = RRDBNet(preset("demo"))
+    digests = set()
+    for index in range(8):
+        model.save(tmp_path / f"m{index}.safetensors", {"variant": "v", "seed": "1", "extra": "x"})
+        digests.add(hashlib.sha256((tmp_path / f"m{index}.safetensors").read_bytes()).hexdigest())
+    assert len(digests) == 1
+    loaded = RRDBNet.load(tmp_path / "m0.safetensors")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name])
+    with safe_open(str(tmp_path / "m0.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["variant"] == "v" and handle.metadata()["extra"] == "x"
 
 
 def test_scale_two_uses_pixel_unshuffle_like_the_published_x2() -> None:

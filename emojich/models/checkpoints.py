@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 
@@ -83,4 +85,21 @@ def save_safetensors(
 
     tensors = {name: tensor.detach().contiguous().clone() for name, tensor in module.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.write_bytes(safetensors_bytes(tensors, metadata))
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors file whose bytes depend on its content only.
+
+    The library writes `__metadata__` from a hash map, so with two or more entries their order
+    (and the file's hash) changes from call to call, and DVC would see a new output every run.
+    The header is re-serialised with sorted keys; tensor offsets are relative to the end of the
+    header, so the data section is kept as it is. The format allows trailing spaces in the
+    header, which keep the data 8-byte aligned.
+    """
+    raw = save(tensors, metadata=metadata)
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + raw[8 + length :]
