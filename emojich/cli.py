@@ -21,11 +21,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_lineage_command(commands: argparse._SubParsersAction) -> None:
     lineage = commands.add_parser(
         "lineage",
-        help="trace a sticker, generated image, checkpoint or prepared image back to its sources",
+        help="trace a sticker, generated image, checkpoint or dataset image back to its sources",
         description="Print and verify the chain from PATH back to its prompt, checkpoint, training data, "
         "source images, the DVC stages and the git commit. Exit status 1 when the chain breaks.",
     )
-    lineage.add_argument("path", metavar="PATH")
+    lineage.add_argument(
+        "path",
+        metavar="PATH",
+        help="a file, or an upscaled or prepared image as <shard>:<member>, "
+        "e.g. data/prepared/images/prepared-00000.tar:twemoji-1f600.rgb.png",
+    )
     lineage.add_argument("--json", action="store_true", help="machine-readable output")
     lineage.add_argument("--root", default=".", help="the project checkout (default: the current folder)")
     lineage.add_argument(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,11 +11,12 @@ import torch
 from PIL import Image
 
 
-def load_images(paths: Sequence[str | Path], size: int) -> torch.Tensor:
-    """RGB images resized to `size` × `size` (area filter when shrinking) -> uint8 [N, 3, size, size]."""
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    for index, path in enumerate(paths):
-        with Image.open(path) as image:
+def load_images(sources: Sequence[bytes | str | Path], size: int) -> torch.Tensor:
+    """Encoded images (bytes, or file paths) as RGB resized to `size` × `size` (area filter when
+    shrinking) -> uint8 [N, 3, size, size]."""
+    out = np.empty((len(sources), size, size, 3), dtype=np.uint8)
+    for index, source in enumerate(sources):
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             image = image.convert("RGB")
             if image.size != (size, size):
                 image = image.resize(

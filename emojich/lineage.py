@@ -10,7 +10,9 @@ Every step is verified, not just reported: file hashes against the sidecars and 
 recorded them, and each stage's dependencies and outputs against `dvc.lock` (through DVC's own
 status check). A step that does not verify is a *break*, named by kind, so a sticker edited
 after it was made, a checkpoint that is not the one in `dvc.lock`, or a missing sidecar is
-reported as exactly that. Tracing starts from whichever kind of file it is given.
+reported as exactly that. Tracing starts from whichever kind of file it is given; an image
+inside a stage's shards is named `<shard>:<member>`, e.g.
+`data/prepared/images/prepared-00000.tar:twemoji-1f600.rgb.png`, the form this module prints.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from typing import Any
 
 import yaml
 
-from emojich.storage import file_digest, sha256_file
+from emojich.layout import IMAGES_DIR, RAW_KIND, RGB_KIND
+from emojich.shards import SHARD_SUFFIX, ShardReader, member_ref
+from emojich.storage import file_digest, sha256_bytes, sha256_file
 
 STICKERS = Path("data/stickers/images")
 GENERATED = Path("data/generated")
@@ -84,9 +88,17 @@ class Tracer:
         self.root = root
         self.verify_items = verify_items
         self.lock = _read_yaml(root / "dvc.lock").get("stages", {})
+        self._shards: dict[Path, ShardReader] = {}
+
+    def close(self) -> None:
+        for shards in self._shards.values():
+            shards.close()
 
     # -- entry point --------------------------------------------------------------------------------
     def trace(self, path: str | Path) -> Lineage:
+        shard, member = _split_shard_ref(str(path))
+        if member is not None:
+            return self._trace_member(Path(shard), member)
         path = Path(path)
         relative = _relative_to(path, self.root)
         lineage = Lineage(target=relative.as_posix())
@@ -98,17 +110,31 @@ class Tracer:
             self._generated(relative, lineage, expected_sha=None)
         elif relative == CHECKPOINT:
             self._checkpoint(relative, lineage, expected_sha=None)
-        elif _under(relative, UPSCALED / "images"):
-            self._item(relative.stem, lineage, start="upscaled")
-            self._stages(("upscale", "prepare", "scrape"), lineage)
-        elif _under(relative, PREPARED):
-            self._item(relative.stem, lineage, start="prepared")
-            self._stages(("prepare", "scrape"), lineage)
         else:
             raise ValueError(
                 f"{relative}: not a file lineage knows (stickers, generated images, the checkpoint, "
-                "upscaled or prepared images)"
+                "or an upscaled or prepared image as <shard>:<member>)"
             )
+        self._commit(lineage)
+        return lineage
+
+    def _trace_member(self, shard: Path, member: str) -> Lineage:
+        """An upscaled or prepared image named `<shard>:<id>.<kind>`."""
+        relative = _relative_to(shard, self.root)
+        if not (self.root / relative).is_file():
+            raise FileNotFoundError(f"no such shard: {shard}")
+        item_id, _, kind = member.partition(".")
+        if not self._reader(relative.parent).has(item_id, kind):
+            raise FileNotFoundError(f"{relative} holds no member {member}")
+        lineage = Lineage(target=f"{relative.as_posix()}:{member}")
+        if relative.parent == UPSCALED / IMAGES_DIR:
+            self._item(item_id, lineage, start="upscaled")
+            self._stages(("upscale", "prepare", "scrape"), lineage)
+        elif relative.parent == PREPARED / IMAGES_DIR:
+            self._item(item_id, lineage, start="prepared")
+            self._stages(("prepare", "scrape"), lineage)
+        else:
+            raise ValueError(f"{relative}: lineage traces the shards of data/upscaled and data/prepared")
         self._commit(lineage)
         return lineage
 
@@ -217,8 +243,8 @@ class Tracer:
             styles[row["style"]] += 1
             licences[source["licence"]] += 1
             if self.verify_items:
-                raw_file = self.root / RAW / source["image_path"]
-                if not raw_file.is_file() or sha256_file(raw_file) != source["sha256"]:
+                _, raw_sha = self._member(RAW / IMAGES_DIR, item_id, RAW_KIND)
+                if raw_sha != source["sha256"]:
                     broken.append(f"{item_id}: source image changed or missing")
                 elif row["raw_sha256"] != source["sha256"]:
                     broken.append(f"{item_id}: prepared from another source image")
@@ -235,36 +261,42 @@ class Tracer:
     def _item(self, item_id: str, lineage: Lineage, start: str) -> None:
         if start == "upscaled":
             row = self.upscaled_rows.get(item_id)
-            path = UPSCALED / "images" / f"{item_id}.png"
-            link = Link("item", "upscaled image", path.as_posix(), sha256_file(self.root / path))
+            link = self._image_link("upscaled image", UPSCALED / IMAGES_DIR, item_id, RGB_KIND)
             lineage.links.append(link)
             if row is None:
                 link.problem = f"missing-manifest-row: {item_id} is not in the upscaled manifest"
                 return
             link.facts = {"method": row.get("method"), "split": row.get("split")}
-            if row["sha256"] != link.sha256:
+            if link.ok and row["sha256"] != link.sha256:
                 link.problem = "image-modified: the upscaled image differs from its manifest"
         row = self.prepared_rows.get(item_id)
-        path = PREPARED / "rgb" / f"{item_id}.png"
-        link = Link("item", "prepared image", path.as_posix(), _sha_or_none(self.root / path))
+        link = self._image_link("prepared image", PREPARED / IMAGES_DIR, item_id, RGB_KIND)
         lineage.links.append(link)
         if row is None:
             link.problem = f"missing-manifest-row: {item_id} is not in the prepared manifest"
             return
         link.facts = {"caption": row["caption"], "split": row["split"], "style": row["style"]}
-        if row["rgb_sha256"] != link.sha256:
+        if link.ok and row["rgb_sha256"] != link.sha256:
             link.problem = "image-modified: the prepared image differs from its manifest"
         raw = self.raw_rows.get(item_id)
-        source = Link("item", "source image", None)
-        lineage.links.append(source)
         if raw is None:
-            source.problem = f"missing-manifest-row: {item_id} is not in the catalogue"
+            source = Link(
+                "item", "source image", problem=f"missing-manifest-row: {item_id} is not in the catalogue"
+            )
+            lineage.links.append(source)
             return
-        source.path = (RAW / raw["image_path"]).as_posix()
-        source.sha256 = _sha_or_none(self.root / source.path)
+        source = self._image_link("source image", RAW / IMAGES_DIR, item_id, RAW_KIND)
+        lineage.links.append(source)
         source.facts = {"source": raw["source"], "licence": raw["licence"], "style": raw["style"]}
-        if source.sha256 != raw["sha256"] or row["raw_sha256"] != raw["sha256"]:
+        if source.ok and (source.sha256 != raw["sha256"] or row["raw_sha256"] != raw["sha256"]):
             source.problem = "image-modified: the source image differs from the catalogue's record"
+
+    def _image_link(self, title: str, folder: Path, item_id: str, kind: str) -> Link:
+        path, sha = self._member(folder, item_id, kind)
+        link = Link("item", title, path, sha)
+        if sha is None:
+            link.problem = f"missing-file: the shards in {folder.as_posix()} hold no {item_id}.{kind}"
+        return link
 
     def _stages(self, names: tuple[str, ...], lineage: Lineage) -> None:
         seen = {link.title for link in lineage.links if link.kind == "stage"}
@@ -315,6 +347,19 @@ class Tracer:
     def upscaled_rows(self) -> dict[str, dict[str, str]]:
         return _rows_by_id(self.root / UPSCALED / "manifest.csv")
 
+    def _reader(self, folder: Path) -> ShardReader:
+        if folder not in self._shards:
+            self._shards[folder] = ShardReader(self.root / folder)
+        return self._shards[folder]
+
+    def _member(self, folder: Path, item_id: str, kind: str) -> tuple[str | None, str | None]:
+        """(`<shard>:<member>`, sha256) of one image in a stage's shards; (None, None) if absent."""
+        shards = self._reader(folder)
+        if not shards.has(item_id, kind):
+            return None, None
+        ref = member_ref(shards.shard_of(item_id, kind).relative_to(self.root), item_id, kind)
+        return ref, sha256_bytes(shards.read(item_id, kind))
+
     def _matches_lock(self, relative: Path) -> bool:
         for entry in self.lock.values():
             for out in entry.get("outs", []):
@@ -345,7 +390,14 @@ def dvc_changes(root: Path) -> dict[str, str]:
 
 
 def trace(path: str | Path, root: str | Path = ".", verify_items: bool = True) -> Lineage:
-    return Tracer(Path(root).resolve(), verify_items).trace(Path(path).resolve())
+    """The lineage of a file, or of an image in a stage's shards given as `<shard>:<member>`."""
+    tracer = Tracer(Path(root).resolve(), verify_items)
+    shard, member = _split_shard_ref(str(path))
+    target = f"{Path(shard).resolve()}:{member}" if member is not None else Path(path).resolve()
+    try:
+        return tracer.trace(target)
+    finally:
+        tracer.close()
 
 
 def render_text(lineage: Lineage) -> str:
@@ -389,6 +441,14 @@ def _relative_to(path: Path, root: Path) -> Path:
         raise ValueError(f"{path} is not inside the project at {root}") from None
 
 
+def _split_shard_ref(text: str) -> tuple[str, str | None]:
+    """`a/b.tar:id.rgb.png` -> ("a/b.tar", "id.rgb.png"); anything else -> (text, None)."""
+    shard, colon, member = text.rpartition(":")
+    if colon and shard.endswith(SHARD_SUFFIX) and member:
+        return shard, member
+    return text, None
+
+
 def _under(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
@@ -412,10 +472,6 @@ def _read_csv(path: Path) -> list[dict[str, str]] | None:
         return None
     with open(path, encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
-
-
-def _sha_or_none(path: Path) -> str | None:
-    return sha256_file(path) if path.is_file() else None
 
 
 def _git(root: Path, *args: str) -> str | None:

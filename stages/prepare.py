@@ -1,19 +1,25 @@
 """Stage `prepare`: scraped images -> RGB on white, RGBA and binary masks, split by caption.
 
-Reads `data/raw/captions.csv` and the images it lists; writes under `data/prepared/`:
-`rgb/<id>.png`, `rgba/<id>.png`, `mask/<id>.png`, `manifest.csv`, `rejects.csv`, `metrics.json`.
-A file that cannot be used is skipped with a reason (counted in the metrics), never a crash.
+Reads `data/raw/captions.csv` and the raw shards (`data/raw/images/`, member `<id>.png`, looked
+up by the row's id); writes under `data/prepared/`:
+
+- `images/prepared-NNNNN.tar`: shards (see `emojich.shards`) with members `<id>.rgb.png`,
+  `<id>.rgba.png` and `<id>.mask.png` for every accepted image, in id order;
+- `manifest.csv` (one row per accepted image, with the sha256 of each member), `rejects.csv`,
+  `metrics.json`.
+
+An image that cannot be used is skipped with a reason (counted in the metrics), never a crash.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import multiprocessing
-import shutil
 import sys
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
@@ -27,17 +33,21 @@ from emojich.data.images import (
     write_prepared_manifest,
 )
 from emojich.data.split import SPLITS, split_captions, split_of
+from emojich.layout import IMAGES_DIR, MASK_KIND, PREPARED_PREFIX, RAW_KIND, RGB_KIND, RGBA_KIND
 from emojich.params import from_dict, load_section
-from emojich.storage import dumps_csv, sha256_bytes, write_bytes_atomic, write_json_atomic, write_text_atomic
+from emojich.shards import ShardReader, ShardWriter
+from emojich.storage import dumps_csv, sha256_bytes, write_json_atomic, write_text_atomic
 
 RAW_DIR = Path("data/raw")
 OUT_DIR = Path("data/prepared")
-IMAGE_DIRS = ("rgb", "rgba", "mask")
 MANIFEST_FILE = "manifest.csv"
 REJECTS_FILE = "rejects.csv"
 METRICS_FILE = "metrics.json"
 
 _CHUNK = 32  # rows per task sent to a worker: amortises pickling without starving the other core
+# Chunks in flight per worker: enough to keep every worker busy while this process writes shards,
+# few enough that raw bytes read ahead and PNGs waiting to be written stay a few MB.
+_AHEAD = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,68 +62,79 @@ class PrepareParams:
 @dataclasses.dataclass(frozen=True)
 class _Outcome:
     row: CatalogueRow
-    hashes: dict[str, str] | None = None  # rgb/rgba/mask -> sha256 of the written PNG
+    members: dict[str, bytes] | None = None  # shard member kind -> PNG bytes, until written
+    hashes: dict[str, str] | None = None  # member kind -> sha256 of its bytes; None when rejected
     size: tuple[int, int] = (0, 0)
     reason: str = ""
     detail: str = ""
 
 
-def _process_row(row: CatalogueRow, raw_dir: Path, out_dir: Path, params: PrepareParams) -> _Outcome:
-    """Prepare one catalogue row and write its three PNGs. Runs in a worker process."""
-    path = raw_dir / row.image_path
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        return _Outcome(row, reason="missing-file", detail=str(error))
-    if row.sha256 and sha256_bytes(data) != row.sha256:
+def _process_row(row: CatalogueRow, data: bytes | None, params: PrepareParams) -> _Outcome:
+    """Prepare one catalogue row's raw bytes (None: not in the raw shards). Runs in a worker process."""
+    if data is None:
+        return _Outcome(row, reason="missing-file", detail=f"no member {row.id}.{RAW_KIND} in the raw shards")
+    digest = sha256_bytes(data)
+    if row.sha256 and digest != row.sha256:
         # The catalogue's hash is the lineage record; an image that changed since is not the one cited.
-        return _Outcome(row, reason="hash-mismatch", detail=str(path))
+        return _Outcome(row, reason="hash-mismatch", detail=f"sha256 {digest}, catalogue {row.sha256}")
     try:
         prepared = prepare_image(data, params.alpha_threshold, params.max_pixels)
     except RejectedImage as error:
         return _Outcome(row, reason=error.reason, detail=str(error))
-    hashes = {}
-    for kind, png in zip(IMAGE_DIRS, (prepared.rgb_png, prepared.rgba_png, prepared.mask_png), strict=True):
-        write_bytes_atomic(out_dir / kind / f"{row.id}.png", png)
-        hashes[kind] = sha256_bytes(png)
-    return _Outcome(row, hashes=hashes, size=(prepared.width, prepared.height))
+    members = {RGB_KIND: prepared.rgb_png, RGBA_KIND: prepared.rgba_png, MASK_KIND: prepared.mask_png}
+    hashes = {kind: sha256_bytes(png) for kind, png in members.items()}
+    return _Outcome(row, members, hashes, (prepared.width, prepared.height))
 
 
-def _process_chunk(
-    rows: list[CatalogueRow], raw_dir: Path, out_dir: Path, params: PrepareParams
-) -> list[_Outcome]:
-    return [_process_row(row, raw_dir, out_dir, params) for row in rows]
+def _process_chunk(tasks: list[tuple[CatalogueRow, bytes | None]], params: PrepareParams) -> list[_Outcome]:
+    return [_process_row(row, data, params) for row, data in tasks]
 
 
-def _outcomes(
-    rows: list[CatalogueRow], raw_dir: Path, out_dir: Path, params: PrepareParams
-) -> Iterator[_Outcome]:
-    chunks = [rows[start : start + _CHUNK] for start in range(0, len(rows), _CHUNK)]
-    if params.workers <= 1 or len(chunks) <= 1:
-        for chunk in chunks:
-            yield from _process_chunk(chunk, raw_dir, out_dir, params)
+def _tasks(rows: list[CatalogueRow], raw: ShardReader) -> Iterator[list[tuple[CatalogueRow, bytes | None]]]:
+    """Rows with their raw bytes, in chunks, read lazily (the raw shards are in id order, like `rows`)."""
+    pairs = ((row, raw.read(row.id, RAW_KIND) if raw.has(row.id, RAW_KIND) else None) for row in rows)
+    while chunk := list(itertools.islice(pairs, _CHUNK)):
+        yield chunk
+
+
+def _outcomes(rows: list[CatalogueRow], raw: ShardReader, params: PrepareParams) -> Iterator[_Outcome]:
+    """One outcome per row, in the order of `rows`."""
+    if params.workers <= 1 or len(rows) <= _CHUNK:
+        for chunk in _tasks(rows, raw):
+            yield from _process_chunk(chunk, params)
         return
     # PNG encoding holds the GIL, so threads do not help; processes do. "spawn" because the
     # caller may already have started OpenMP threads (torch), which a fork would copy broken.
+    # The raw shards are read here, not in the workers: one sequential reader, and the workers
+    # need no file handles of their own.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(params.workers, mp_context=context) as pool:
-        n = len(chunks)
-        for result in pool.map(_process_chunk, chunks, [raw_dir] * n, [out_dir] * n, [params] * n):
-            yield from result
+        pending: deque[Future[list[_Outcome]]] = deque()
+        for chunk in _tasks(rows, raw):
+            pending.append(pool.submit(_process_chunk, chunk, params))
+            if len(pending) >= params.workers * _AHEAD:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
 
 
 def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool = True) -> dict:
     """Run the whole stage; returns the metrics it also writes."""
     rows = sorted(read_catalogue(raw_dir / CAPTIONS_FILE))
-    for kind in IMAGE_DIRS:  # every run regenerates all images: no stale ids from an earlier run
-        shutil.rmtree(out_dir / kind, ignore_errors=True)
-        (out_dir / kind).mkdir(parents=True, exist_ok=True)
-
     accepted: list[_Outcome] = []
     rejected: list[_Outcome] = []
-    stream = _outcomes(rows, raw_dir, out_dir, params)
-    for outcome in tqdm(stream, total=len(rows), desc="prepare", unit="img", disable=not progress):
-        (accepted if outcome.hashes else rejected).append(outcome)
+    # The writer replaces the whole shard set, so no image of an earlier, larger run survives.
+    with (
+        ShardReader(raw_dir / IMAGES_DIR) as raw,
+        ShardWriter(out_dir / IMAGES_DIR, PREPARED_PREFIX) as shards,
+    ):
+        stream = _outcomes(rows, raw, params)
+        for outcome in tqdm(stream, total=len(rows), desc="prepare", unit="img", disable=not progress):
+            if outcome.members is None:
+                rejected.append(outcome)
+                continue
+            shards.add(outcome.row.id, outcome.members)
+            accepted.append(dataclasses.replace(outcome, members=None))  # the bytes are in the shard now
 
     # Split over accepted images only: a caption whose every image was rejected does not exist here.
     splits = split_captions((o.row.caption for o in accepted), params.val_fraction, params.seed)
@@ -126,9 +147,9 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool 
             source=o.row.source,
             licence=o.row.licence,
             raw_sha256=o.row.sha256,
-            rgb_sha256=o.hashes["rgb"],
-            rgba_sha256=o.hashes["rgba"],
-            mask_sha256=o.hashes["mask"],
+            rgb_sha256=o.hashes[RGB_KIND],
+            rgba_sha256=o.hashes[RGBA_KIND],
+            mask_sha256=o.hashes[MASK_KIND],
             width=o.size[0],
             height=o.size[1],
         )

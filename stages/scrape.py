@@ -1,4 +1,13 @@
-"""Stage `scrape`: build data/raw/ (images as served + captions.csv + stats.json).
+"""Stage `scrape`: build data/raw/ from the offline catalogue or the web.
+
+Output:
+
+- `images/raw-00000.tar`, `raw-00001.tar`, ...: tar shards (see `emojich.shards`) holding one
+  member `<id>.png` per image, bytes as served (web) or as rendered (offline), ids in order;
+  the offline builder also keeps `images/.offline_manifest.json` to reuse unchanged images;
+- `captions.csv`: one row per image, its `image_path` naming the shard member relative to
+  data/raw/ (`images/raw-00000.tar:<id>.png`) and `sha256` the hash of that member's bytes;
+- `stats.json`: counts, skip reasons and package versions.
 
 `scrape.source` picks the offline catalogue built from installed packages (default) or the
 web crawler configured in `scrape.web`.

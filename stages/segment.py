@@ -1,8 +1,8 @@
 """Stage `segment`: train the background U-Net with pseudo-labelling and label every generated image.
 
-Reads the real emojis with true alpha from data/upscaled (train split to train, val split to
-score), runs pseudo-label rounds over the generated images matched by `segment.generated_glob`,
-and writes to data/segment/:
+Reads the real emojis with true alpha from data/upscaled (image shards and manifest; train split to
+train, val split to score), runs pseudo-label rounds over the generated images matched by
+`segment.generated_glob`, and writes to data/segment/:
 
 - unet.safetensors: the final weights (config in the file's metadata)
 - rounds.csv: one row per round (plotted by DVC)
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from emojich.layout import IMAGES_DIR, MASK_KIND, RGB_KIND
 from emojich.params import from_dict, load_section
 from emojich.segment.contour import ContourConfig, contour_alpha
 from emojich.segment.metrics import mask_scores
@@ -38,6 +39,7 @@ from emojich.segment.pseudolabel import (
     run_pseudolabel,
 )
 from emojich.segment.unet import build_unet, load_unet, preset, save_unet
+from emojich.shards import ShardReader
 from emojich.storage import (
     remove_stale_temporaries,
     write_bytes_atomic,
@@ -61,13 +63,13 @@ class SegmentParams:
     contour: ContourConfig = dataclasses.field(default_factory=ContourConfig)
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
+def _read_rgb(source: Path | bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
         return np.asarray(image.convert("RGB"))
 
 
-def _read_grey(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
+def _read_grey(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
         return np.asarray(image.convert("L"))
 
 
@@ -90,12 +92,23 @@ def load_real_sets(
         ids["train"] = ids["train"][:max_train]
 
     def read(split: str, side: int | None) -> SegmentationSet:
-        if not ids[split]:
+        keys = ids[split]
+        if not keys:
             return _empty_set()
-        images = [_read_rgb(upscaled_dir / "images" / f"{i}.png") for i in ids[split]]
-        masks = [_read_grey(upscaled_dir / "masks" / f"{i}.png") for i in ids[split]]
-        if side:
-            return SegmentationSet(resize_images(images, side), resize_masks(masks, side))
+        with ShardReader(upscaled_dir / IMAGES_DIR) as shards:
+            pairs = (
+                (_read_rgb(shards.read(k, RGB_KIND)), _read_grey(shards.read(k, MASK_KIND))) for k in keys
+            )
+            if side:
+                images = np.empty((len(keys), side, side, 3), np.uint8)
+                masks = np.empty((len(keys), side, side), bool)
+                for index, (image, mask) in enumerate(pairs):
+                    images[index], masks[index] = (
+                        resize_images([image], side)[0],
+                        resize_masks([mask], side)[0],
+                    )
+                return SegmentationSet(images, masks)
+            images, masks = (list(column) for column in zip(*pairs, strict=True))
         if len({image.shape for image in images}) > 1:
             raise ValueError(
                 f"{upscaled_dir}: {split} images differ in size; the upscale stage makes them square"

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from emojich.imageset import image_grid, load_images, save_png, to_uint8
+from emojich.layout import IMAGES_DIR, RGB_KIND
 from emojich.models.vqgan import (
     VQGan,
     VQGanConfig,
@@ -26,6 +27,7 @@ from emojich.models.vqgan import (
     train_vqgan,
 )
 from emojich.params import from_dict, load_section
+from emojich.shards import ShardReader
 from emojich.storage import atomic_path, sha256_file, write_csv_atomic, write_json_atomic
 from emojich.tokenizer import TextTokenizer
 
@@ -102,7 +104,8 @@ def tokenize(params: TokenizeParams, upscaled: Path = UPSCALED, out: Path = OUT)
 
     resolution = VQGanConfig.preset(params.image.preset).resolution
     started = time.perf_counter()
-    images = load_images([upscaled / "images" / f"{row['id']}.png" for row in rows], resolution)
+    with ShardReader(upscaled / IMAGES_DIR) as shards:
+        images = load_images([shards.read(row["id"], RGB_KIND) for row in rows], resolution)
     log.info("loaded %d images at %d px in %.1f s", len(images), resolution, time.perf_counter() - started)
 
     model, variant, train_metrics = image_tokenizer(params.image, images, train_ids, params.seed)

@@ -1,8 +1,12 @@
 """Stage `upscale`: prepared RGB images -> exactly target x target, with x4 SR where they are small.
 
-Reads `data/prepared/manifest.csv`, `rgb/` and `mask/`; writes under `data/upscaled/`:
-`images/<id>.png` (RGB), `masks/<id>.png` (the prepared mask, nearest-neighbour), `manifest.csv`,
-`rrdbnet.safetensors` (the model used, for later stages) and `metrics.json`.
+Reads `data/prepared/manifest.csv` and the `<id>.rgb.png` and `<id>.mask.png` members of the
+prepared shards (`data/prepared/images/`); writes under `data/upscaled/`:
+
+- `images/upscaled-NNNNN.tar`: shards (see `emojich.shards`) with members `<id>.rgb.png` (RGB,
+  target x target) and `<id>.mask.png` (the prepared mask, nearest-neighbour), in id order;
+- `manifest.csv` (one row per image, with the sha256 of each member), `rrdbnet.safetensors` (the
+  model used, for later stages) and `metrics.json`.
 
 Upscaler, in order of preference: published Real-ESRGAN weights (`weights:` path), else a small
 RRDBNet trained here on the train split's large renders, else (no image large enough to train on)
@@ -13,7 +17,6 @@ a run anyway, and the whole stage takes about two minutes in the demo profile.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,14 +28,11 @@ from tqdm import tqdm
 
 from emojich.data.images import PreparedRow, decode_png_array, encode_png, read_prepared_manifest
 from emojich.data.split import TRAIN, VALIDATION
+from emojich.layout import IMAGES_DIR, MASK_KIND, RGB_KIND, UPSCALED_PREFIX
 from emojich.models.rrdbnet import RRDBNet, preset
 from emojich.params import from_dict, load_section
-from emojich.storage import (
-    sha256_bytes,
-    write_bytes_atomic,
-    write_csv_atomic,
-    write_json_atomic,
-)
+from emojich.shards import ShardReader, ShardWriter
+from emojich.storage import sha256_bytes, write_csv_atomic, write_json_atomic
 from emojich.upscale import (
     TrainConfig,
     evaluate_sr,
@@ -80,8 +80,8 @@ def _spread(rows: list[PreparedRow], count: int) -> list[PreparedRow]:
     return [rows[int(i)] for i in np.linspace(0, len(rows) - 1, count)]
 
 
-def _load_rgb(prepared_dir: Path, rows: list[PreparedRow]) -> list[np.ndarray]:
-    return [decode_png_array((prepared_dir / "rgb" / f"{row.id}.png").read_bytes(), "RGB") for row in rows]
+def _load_rgb(prepared: ShardReader, rows: list[PreparedRow]) -> list[np.ndarray]:
+    return [decode_png_array(prepared.read(row.id, RGB_KIND), "RGB") for row in rows]
 
 
 def _largest(rows: list[PreparedRow], split: str, min_side: int) -> list[PreparedRow]:
@@ -94,7 +94,11 @@ def _largest(rows: list[PreparedRow], split: str, min_side: int) -> list[Prepare
 
 
 def choose_upscaler(
-    rows: list[PreparedRow], prepared_dir: Path, params: UpscaleParams, device: torch.device, progress: bool
+    rows: list[PreparedRow],
+    prepared: ShardReader,
+    params: UpscaleParams,
+    device: torch.device,
+    progress: bool,
 ) -> tuple[RRDBNet | None, str, dict]:
     """The model to use, its variant name and training numbers."""
     if params.weights:
@@ -104,7 +108,7 @@ def choose_upscaler(
     if not train_rows:
         return None, FALLBACK, {}
     train = TrainConfig(params.train_steps, params.train_batch, params.train_patch, params.lr, params.seed)
-    model, info = train_rrdbnet(_load_rgb(prepared_dir, train_rows), config, train, progress)
+    model, info = train_rrdbnet(_load_rgb(prepared, train_rows), config, train, progress)
     return model.to(device), SELF_TRAINED, {**info, "images": len(train_rows)}
 
 
@@ -114,52 +118,48 @@ def upscale_dataset(prepared_dir: Path, out_dir: Path, params: UpscaleParams, pr
     if params.threads > 0:
         torch.set_num_threads(params.threads)
     try:
-        return _upscale_dataset(prepared_dir, out_dir, params, progress)
+        with ShardReader(prepared_dir / IMAGES_DIR) as prepared:
+            return _upscale_dataset(prepared_dir, prepared, out_dir, params, progress)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _upscale_dataset(prepared_dir: Path, out_dir: Path, params: UpscaleParams, progress: bool) -> dict:
+def _upscale_dataset(
+    prepared_dir: Path, prepared: ShardReader, out_dir: Path, params: UpscaleParams, progress: bool
+) -> dict:
     started = time.perf_counter()
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if params.device == "auto" else params.device)
     rows = sorted(read_prepared_manifest(prepared_dir / "manifest.csv"))
     target = params.target_size
 
-    model, variant, train_info = choose_upscaler(rows, prepared_dir, params, device, progress)
+    model, variant, train_info = choose_upscaler(rows, prepared, params, device, progress)
     trained = time.perf_counter()
     held_out = _spread(_largest(rows, VALIDATION, 16), params.eval_images)
-    quality = evaluate_sr(model, _load_rgb(prepared_dir, held_out), params.batch_size)
+    quality = evaluate_sr(model, _load_rgb(prepared, held_out), params.batch_size)
     evaluated = time.perf_counter()
 
-    for kind in ("images", "masks"):
-        shutil.rmtree(out_dir / kind, ignore_errors=True)
-        (out_dir / kind).mkdir(parents=True, exist_ok=True)
     if model is None:  # keep the declared output; its metadata says nothing was learnt
         model = RRDBNet(preset(params.preset))
     model.save(out_dir / MODEL_FILE, {"variant": variant, "seed": str(params.seed)})
 
-    # Small images first, grouped by size, so each chunk feeds the network full equal-size batches.
-    order = sorted(
-        rows,
-        key=lambda r: (
-            not needs_super_resolution(r.height, r.width, target, params.sr_max_side),
-            r.height,
-            r.width,
-            r.id,
-        ),
-    )
-    records: dict[str, tuple] = {}
+    # The shards take ids in increasing order, so the work goes in chunks of consecutive ids.
+    # Inside a chunk `upscale_to` batches equal-sized images together; ids of one style share a
+    # size, so chunks several batches long keep the network's batches full.
+    records: list[tuple] = []
     counts = {"super_resolved": 0, "resized_only": 0}
     chunk = max(params.batch_size * 8, 64)
     sr_model = None if variant == FALLBACK else model
-    with tqdm(total=len(order), desc="upscale", unit="img", disable=not progress) as bar:
-        for start in range(0, len(order), chunk):
-            part = order[start : start + chunk]
-            records.update(_upscale_chunk(part, prepared_dir, out_dir, sr_model, params, counts))
+    with (
+        tqdm(total=len(rows), desc="upscale", unit="img", disable=not progress) as bar,
+        ShardWriter(out_dir / IMAGES_DIR, UPSCALED_PREFIX) as shards,
+    ):
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            records += _upscale_chunk(part, prepared, shards, sr_model, params, counts)
             bar.update(len(part))
 
-    _write_manifest(out_dir / "manifest.csv", [records[row.id] for row in rows])
+    _write_manifest(out_dir / "manifest.csv", records)
     finished = time.perf_counter()
     metrics = {
         "upscaler": variant,
@@ -180,62 +180,61 @@ def _upscale_dataset(prepared_dir: Path, out_dir: Path, params: UpscaleParams, p
 
 def _upscale_chunk(
     rows: list[PreparedRow],
-    prepared_dir: Path,
-    out_dir: Path,
+    prepared: ShardReader,
+    shards: ShardWriter,
     model: RRDBNet | None,
     params: UpscaleParams,
     counts: dict[str, int],
-) -> dict[str, tuple]:
+) -> list[tuple]:
+    """Upscale `rows` (in id order), add them to `shards` and return their manifest records."""
     target = params.target_size
-    records: dict[str, tuple] = {}
+    results: dict[str, tuple[bytes, bytes, str]] = {}  # id -> (image PNG, mask PNG, method)
     work: list[tuple[PreparedRow, bytes]] = []
     for row in rows:
-        rgb_png = (prepared_dir / "rgb" / f"{row.id}.png").read_bytes()
-        mask_png = (prepared_dir / "mask" / f"{row.id}.png").read_bytes()
+        mask_png = prepared.read(row.id, MASK_KIND)
         if row.width == row.height == target:
             # Already the target: the prepared bytes are exactly what re-encoding would give.
-            _write(out_dir, row, rgb_png, mask_png, "copy", records)
+            results[row.id] = (prepared.read(row.id, RGB_KIND), mask_png, "copy")
             counts["resized_only"] += 1
         else:
             work.append((row, mask_png))
-    if not work:
-        return records
-    images = _load_rgb(prepared_dir, [row for row, _ in work])
-    outputs = upscale_to(
-        images,
-        model,
-        target,
-        params.batch_size,
-        params.tile,
-        params.tile_overlap,
-        sr_max_side=params.sr_max_side,
-    )
-    for (row, mask_png), pixels in zip(work, outputs, strict=True):
-        sr = model is not None and needs_super_resolution(row.height, row.width, target, params.sr_max_side)
-        counts["super_resolved" if sr else "resized_only"] += 1
-        mask = pad_to_square(decode_png_array(mask_png, "L"), 0)
-        mask = resize_square(mask, target, Image.Resampling.NEAREST)
-        _write(
-            out_dir, row, encode_png(pixels), encode_png(mask), "sr-x4+lanczos" if sr else "lanczos", records
+    if work:
+        images = _load_rgb(prepared, [row for row, _ in work])
+        outputs = upscale_to(
+            images,
+            model,
+            target,
+            params.batch_size,
+            params.tile,
+            params.tile_overlap,
+            sr_max_side=params.sr_max_side,
+        )
+        for (row, mask_png), pixels in zip(work, outputs, strict=True):
+            sr = model is not None and needs_super_resolution(
+                row.height, row.width, target, params.sr_max_side
+            )
+            counts["super_resolved" if sr else "resized_only"] += 1
+            mask = pad_to_square(decode_png_array(mask_png, "L"), 0)
+            mask = resize_square(mask, target, Image.Resampling.NEAREST)
+            results[row.id] = (encode_png(pixels), encode_png(mask), "sr-x4+lanczos" if sr else "lanczos")
+
+    records = []
+    for row in rows:
+        image_png, mask_png, method = results[row.id]
+        shards.add(row.id, {RGB_KIND: image_png, MASK_KIND: mask_png})
+        records.append(
+            (
+                row.id,
+                row.caption,
+                row.split,
+                row.style,
+                method,
+                sha256_bytes(image_png),
+                sha256_bytes(mask_png),
+                row.rgb_sha256,
+            )
         )
     return records
-
-
-def _write(
-    out_dir: Path, row: PreparedRow, image_png: bytes, mask_png: bytes, method: str, records: dict
-) -> None:
-    write_bytes_atomic(out_dir / "images" / f"{row.id}.png", image_png)
-    write_bytes_atomic(out_dir / "masks" / f"{row.id}.png", mask_png)
-    records[row.id] = (
-        row.id,
-        row.caption,
-        row.split,
-        row.style,
-        method,
-        sha256_bytes(image_png),
-        sha256_bytes(mask_png),
-        row.rgb_sha256,
-    )
 
 
 def _write_manifest(path: Path, records: list[tuple]) -> None:

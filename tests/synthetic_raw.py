@@ -1,4 +1,5 @@
-"""Synthetic raw folders (images + captions.csv) in the layout the scrape stage writes.
+"""Synthetic raw folders in the layout the scrape stage writes: `images/raw-NNNNN.tar` shards with
+one `<id>.png` member per row, and `captions.csv` whose `image_path` names that member.
 
 Images are emoji-like: flat-coloured shapes with anti-aliased edges on a transparent canvas,
 drawn at 4x and reduced, the way vector emoji are rendered.
@@ -13,6 +14,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from emojich.data.catalogue import CatalogueRow, write_catalogue
+from emojich.layout import IMAGES_DIR, RAW_KIND, RAW_PREFIX
+from emojich.shards import DEFAULT_MAX_ITEMS, member_ref, write_shards
 from emojich.storage import sha256_bytes
 
 CAPTIONS = ["улыбающееся лицо", "кот", "красное сердце", "ракета", "пицца", "ёлка", "огонь", "луна"]
@@ -51,26 +54,41 @@ def png_bytes(image: Image.Image, **options) -> bytes:
     return buffer.getvalue()
 
 
-def _row(raw_dir: Path, row_id: str, caption: str, style: str, data: bytes, ext: str = "png") -> CatalogueRow:
-    rel = f"images/{row_id}.{ext}"
-    path = raw_dir / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return CatalogueRow(
-        id=row_id,
-        caption=caption,
-        image_path=rel,
-        source=f"synthetic==0:{row_id}",
-        style=style,
-        sha256=sha256_bytes(data),
-        licence="CC0-1.0",
+# (id, caption, style, file bytes) of one raw image.
+RawImage = tuple[str, str, str, bytes]
+
+
+def write_raw(
+    raw_dir: Path, images: list[RawImage], max_items: int = DEFAULT_MAX_ITEMS
+) -> list[CatalogueRow]:
+    """Shard the images and write the catalogue that lists them; returns its rows."""
+    raw_dir = Path(raw_dir)
+    located = write_shards(
+        raw_dir / IMAGES_DIR,
+        RAW_PREFIX,
+        ((row_id, {RAW_KIND: data}) for row_id, _, _, data in images),
+        max_items=max_items,
     )
+    rows = [
+        CatalogueRow(
+            id=row_id,
+            caption=caption,
+            image_path=member_ref(located[row_id].relative_to(raw_dir), row_id, RAW_KIND),
+            source=f"synthetic==0:{row_id}",
+            style=style,
+            sha256=sha256_bytes(data),
+            licence="CC0-1.0",
+        )
+        for row_id, caption, style, data in images
+    ]
+    write_catalogue(rows, raw_dir)
+    return rows
 
 
-def mode_samples(size: int = 32) -> dict[str, tuple[bytes, str, np.ndarray]]:
-    """One file per stored mode: name -> (bytes, extension, expected RGBA array)."""
+def mode_samples(size: int = 32) -> dict[str, tuple[bytes, np.ndarray]]:
+    """One file per stored mode: name -> (bytes, expected RGBA array)."""
     rng = np.random.default_rng(7)
-    samples: dict[str, tuple[bytes, str, np.ndarray]] = {}
+    samples: dict[str, tuple[bytes, np.ndarray]] = {}
 
     # Palette with a tRNS chunk: index 0 fully transparent, index 1 half transparent.
     indices = rng.integers(0, 4, (size, size)).astype(np.uint8)
@@ -79,35 +97,34 @@ def mode_samples(size: int = 32) -> dict[str, tuple[bytes, str, np.ndarray]]:
     p_image = Image.fromarray(indices, mode="P")
     p_image.putpalette(palette.flatten().tolist())
     expected = np.concatenate([palette[indices], alphas[indices][..., None]], axis=2)
-    samples["P-tRNS"] = (png_bytes(p_image, transparency=bytes(alphas)), "png", expected)
+    samples["P-tRNS"] = (png_bytes(p_image, transparency=bytes(alphas)), expected)
 
     grey = rng.integers(0, 256, (size, size)).astype(np.uint8)
     alpha = rng.integers(0, 256, (size, size)).astype(np.uint8)
     la = Image.fromarray(np.stack([grey, alpha], axis=2), mode="LA")
-    samples["LA"] = (png_bytes(la), "png", np.stack([grey, grey, grey, alpha], axis=2))
+    samples["LA"] = (png_bytes(la), np.stack([grey, grey, grey, alpha], axis=2))
 
     opaque = np.full((size, size), 255, dtype=np.uint8)
     samples["L"] = (
         png_bytes(Image.fromarray(grey, mode="L")),
-        "png",
         np.stack([grey, grey, grey, opaque], 2),
     )
 
     # 16-bit greyscale: 65535 must map to 255, not clip (Pillow's own convert would make it white).
     wide = (grey.astype(np.uint16) * 257).astype(np.uint16)
-    samples["I;16"] = (png_bytes(Image.fromarray(wide)), "png", np.stack([grey, grey, grey, opaque], 2))
+    samples["I;16"] = (png_bytes(Image.fromarray(wide)), np.stack([grey, grey, grey, opaque], 2))
 
     rgb = rng.integers(0, 256, (size, size, 3)).astype(np.uint8)
-    samples["RGB"] = (png_bytes(Image.fromarray(rgb, mode="RGB")), "png", np.dstack([rgb, opaque]))
+    samples["RGB"] = (png_bytes(Image.fromarray(rgb, mode="RGB")), np.dstack([rgb, opaque]))
 
     # CMYK has no PNG form; TIFF keeps it lossless. Expected colour is Pillow's own CMYK -> RGB.
     cmyk = Image.fromarray(rng.integers(0, 256, (size, size, 4)).astype(np.uint8), mode="CMYK")
     buffer = io.BytesIO()
     cmyk.save(buffer, format="TIFF")
-    samples["CMYK"] = (buffer.getvalue(), "tiff", np.dstack([np.asarray(cmyk.convert("RGB")), opaque]))
+    samples["CMYK"] = (buffer.getvalue(), np.dstack([np.asarray(cmyk.convert("RGB")), opaque]))
 
     rgba = np.asarray(emoji_rgba(3, size))
-    samples["RGBA"] = (png_bytes(Image.fromarray(rgba, mode="RGBA")), "png", rgba)
+    samples["RGBA"] = (png_bytes(Image.fromarray(rgba, mode="RGBA")), rgba)
     return samples
 
 
@@ -116,35 +133,32 @@ def make_raw(
 ) -> list[CatalogueRow]:
     """A small raw folder: twemoji-like small images, openmoji-like large ones, every stored mode,
     plus (if `broken`) one corrupt and one truncated file. Returns the catalogue rows written."""
-    raw_dir = Path(raw_dir)
-    rows = []
+    images: list[RawImage] = []
     for index in range(per_style):
         caption = CAPTIONS[index % len(CAPTIONS)]
         for style, size in (("twemoji", small), ("openmoji", large)):
             data = png_bytes(emoji_rgba(index * 2 + (style == "openmoji"), size))
-            rows.append(_row(raw_dir, f"{style}-{index:04d}", caption, style, data))
-    for name, (data, ext, _) in mode_samples().items():
-        row_id = "mode-" + name.lower().replace(";", "").replace("-", "")
-        rows.append(_row(raw_dir, row_id, f"режим {name}", "modes", data, ext))
-    if broken:
-        rows.append(
-            _row(raw_dir, "broken-corrupt", "сломанный файл", "broken", b"\x89PNG\r\n\x1a\nnot a png")
+            images.append((f"{style}-{index:04d}", caption, style, data))
+    # Stored under the `png` kind whatever the format (one is TIFF): decoding goes by content.
+    for name, (data, _) in mode_samples().items():
+        images.append(
+            ("mode-" + name.lower().replace(";", "").replace("-", ""), f"режим {name}", "modes", data)
         )
+    if broken:
+        images.append(("broken-corrupt", "сломанный файл", "broken", b"\x89PNG\r\n\x1a\nnot a png"))
         whole = png_bytes(emoji_rgba(99, large))
-        rows.append(_row(raw_dir, "broken-truncated", "обрезанный файл", "broken", whole[: len(whole) // 2]))
-    write_catalogue(rows, raw_dir)
-    return rows
+        images.append(("broken-truncated", "обрезанный файл", "broken", whole[: len(whole) // 2]))
+    # Several small shards, so readers are exercised across shard boundaries.
+    return write_raw(raw_dir, images, max_items=8)
 
 
 def make_bulk_raw(
     raw_dir: Path, small_count: int, large_count: int, small: int = 72, large: int = 256
 ) -> int:
     """A catalogue the size of the offline one (for timing): `small_count` small + `large_count` large."""
-    raw_dir = Path(raw_dir)
-    rows = []
+    images: list[RawImage] = []
     for style, size, count in (("twemoji", small, small_count), ("openmoji", large, large_count)):
         for index in range(count):
             data = png_bytes(emoji_rgba(index + (0 if style == "twemoji" else 10**6), size))
-            rows.append(_row(raw_dir, f"{style}-{index:05d}", f"эмодзи номер {index}", style, data))
-    write_catalogue(rows, raw_dir)
-    return len(rows)
+            images.append((f"{style}-{index:05d}", f"эмодзи номер {index}", style, data))
+    return len(write_raw(raw_dir, images))

@@ -6,6 +6,7 @@ import dataclasses
 import email.utils
 import io
 import itertools
+import tarfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,7 +28,10 @@ from emojich.data.crawler import (
     split_attribute,
 )
 from emojich.data.http import Response, parse_retry_after
+from emojich.layout import IMAGES_DIR, RAW_KIND, RAW_PREFIX
 from emojich.params import from_dict, load_params
+from emojich.shards import ShardReader, ShardWriter, member_ref, shard_paths
+from emojich.storage import sha256_bytes
 from tests.fixture_site import (
     FixtureSite,
     Route,
@@ -166,7 +170,15 @@ class Run:
         return match
 
     def files(self) -> dict[str, bytes]:
-        return {p.name: p.read_bytes() for p in sorted((self.raw_dir / "images").iterdir())}
+        """Every file in the images folder (the shards), by name."""
+        return {p.name: p.read_bytes() for p in sorted((self.raw_dir / IMAGES_DIR).iterdir())}
+
+    def image(self, row: CatalogueRow) -> bytes:
+        """The row's image, read from the shard member its image_path names."""
+        with ShardReader(self.raw_dir / IMAGES_DIR) as reader:
+            shard = reader.shard_of(row.id, RAW_KIND)
+            assert row.image_path == member_ref(Path(IMAGES_DIR) / shard.name, row.id, RAW_KIND)
+            return reader.read(row.id, RAW_KIND)
 
 
 def run_crawl(site: FixtureSite, config: WebConfig, raw_dir: Path, cache_dir: Path) -> Run:
@@ -241,15 +253,24 @@ def test_off_host_and_robots_are_never_fetched(site, first):
 
 def test_dot_dot_url_cannot_escape_raw_dir(first):
     row = first.row("/x.png")
-    assert row.image_path == f"images/{row.id}.png"
+    assert row.image_path == f"images/{RAW_PREFIX}-00000.tar:{row.id}.png"
     assert row.id == image_id(row.source)
     root = first.raw_dir.parent
     outside = [p for p in root.rglob("*") if p.is_file() and not p.is_relative_to(first.raw_dir)]
     outside = [p for p in outside if not p.is_relative_to(root / "cache")]
     assert outside == []
-    assert sorted(p.name for p in (first.raw_dir / "images").iterdir()) == sorted(
-        Path(row.image_path).name for row in first.rows
-    )
+    # Member names are bare "<id>.png": unpacking a shard cannot write outside its folder either.
+    with tarfile.open(first.raw_dir / IMAGES_DIR / f"{RAW_PREFIX}-00000.tar") as tar:
+        names = tar.getnames()
+    assert names == sorted(f"{row.id}.png" for row in first.rows)
+    assert not [name for name in names if "/" in name or ".." in name]
+
+
+def test_images_are_only_shards_that_hold_exactly_the_rows(first):
+    assert sorted(first.files()) == [f"{RAW_PREFIX}-00000.tar"]
+    assert [row.id for row in first.rows] == sorted(row.id for row in first.rows)
+    for row in first.rows:
+        assert row.sha256 == sha256_bytes(first.image(row))
 
 
 def test_windows_1251_pages(first):
@@ -258,13 +279,13 @@ def test_windows_1251_pages(first):
 
 
 def test_jpeg_is_converted_to_rgba_png(first):
-    stored = (first.raw_dir / first.row("/img/photo.jpg").image_path).read_bytes()
+    stored = first.image(first.row("/img/photo.jpg"))
     with Image.open(io.BytesIO(stored)) as image:
         assert (image.format, image.mode) == ("PNG", "RGBA")
 
 
 def test_png_bytes_are_kept_as_served(site, first):
-    stored = (first.raw_dir / first.row("/img/heart.png").image_path).read_bytes()
+    stored = first.image(first.row("/img/heart.png"))
     assert stored == site.routes["/img/heart.png"].body
 
 
@@ -332,27 +353,36 @@ def build_clean_site(site: FixtureSite, count: int = 8) -> None:
         site.image(f"/i/{i}.png", png_bytes((i * 20, 0, 0, 255)))
 
 
+def _interrupt_after(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, calls: int) -> None:
+    """Make `owner.name` raise KeyboardInterrupt (as Ctrl-C would) on its call number `calls + 1`."""
+    real = getattr(owner, name)
+    count = Counter()
+
+    def interrupted(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] > calls:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, interrupted)
+
+
 def test_interrupted_crawl_resumes_to_the_same_result(tmp_path, monkeypatch):
     with FixtureSite() as site:
         build_clean_site(site)
         config = make_config(site, "/clean.html", max_concurrency=2)
         baseline = run_crawl(site, config, tmp_path / "baseline", tmp_path / "cache-baseline")
 
-        real_store = crawler._store_png
-        calls = Counter()
-
-        def crash_after_three(images_dir, row_id, png):
-            calls["n"] += 1
-            if calls["n"] > 3:
-                raise KeyboardInterrupt("simulated kill")
-            return real_store(images_dir, row_id, png)
-
-        monkeypatch.setattr(crawler, "_store_png", crash_after_three)
+        # Killed while fetching images: no shard was written yet, so there is none.
+        _interrupt_after(monkeypatch, crawler, "to_png", 3)
         with pytest.raises(KeyboardInterrupt):
             run_crawl(site, config, tmp_path / "raw", tmp_path / "cache")
         monkeypatch.undo()
+        assert shard_paths(tmp_path / "raw" / IMAGES_DIR) == []
+        assert list(tmp_path.rglob("*.tmp")) == []
         # What a kill in the middle of an atomic write leaves behind.
-        (tmp_path / "raw" / "images" / ".half.png.tmp").write_bytes(b"\x89PNG half")
+        (tmp_path / "raw" / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "raw" / IMAGES_DIR / f".{RAW_PREFIX}-00000.tar.x1y2.tmp").write_bytes(b"half a tar")
         (tmp_path / "cache" / ".entry.bin.tmp").write_bytes(b"half")
 
         since = site.mark()
@@ -360,11 +390,34 @@ def test_interrupted_crawl_resumes_to_the_same_result(tmp_path, monkeypatch):
         downloaded = {entry.path for entry in site.log(since=since) if entry.status == 200}
 
     assert resumed.rows == baseline.rows
+    assert catalogue_to_csv(resumed.rows) == catalogue_to_csv(baseline.rows)
     assert resumed.files() == baseline.files()
     assert list(tmp_path.rglob("*.tmp")) == []
     assert len(resumed.rows) == len({row.id for row in resumed.rows}) == 8
     # Pages and images fetched before the interruption came from the cache.
     assert len([path for path in downloaded if path.startswith("/i/")]) < 8
+
+
+def test_interrupted_shard_writing_keeps_the_previous_set(tmp_path, monkeypatch):
+    with FixtureSite() as site:
+        build_clean_site(site)
+        config = make_config(site, "/clean.html")
+        previous = run_crawl(site, config, tmp_path / "raw", tmp_path / "cache")
+        files = previous.files()
+
+        # One more image, so the next run writes a different set; it is killed after three members.
+        build_clean_site(site, count=9)
+        _interrupt_after(monkeypatch, ShardWriter, "add", 3)
+        with pytest.raises(KeyboardInterrupt):
+            run_crawl(site, config, tmp_path / "raw", tmp_path / "cache")
+        monkeypatch.undo()
+        assert previous.files() == files
+        assert list(tmp_path.rglob("*.tmp")) == []
+
+        resumed = run_crawl(site, config, tmp_path / "raw", tmp_path / "cache")
+    assert len(resumed.rows) == 9
+    assert resumed.files() != files
+    assert [row.sha256 for row in resumed.rows] == [sha256_bytes(resumed.image(row)) for row in resumed.rows]
 
 
 # -- politeness and limits --------------------------------------------------------------------

@@ -1,5 +1,6 @@
 import csv
 import dataclasses
+import io
 import math
 
 import numpy as np
@@ -8,8 +9,10 @@ import torch
 from PIL import Image
 
 from emojich.finetune import build_pairs, caption_loss, freeze_for_finetune, pair_loss
+from emojich.layout import IMAGES_DIR, RGB_KIND, UPSCALED_PREFIX
 from emojich.models.checkpoints import CheckpointError
 from emojich.models.dalle import Dalle, DalleConfig
+from emojich.shards import write_shards
 from emojich.tokenizer import TextTokenizer
 from emojich.training import TrainConfig, Trainer
 from stages.finetune import EvalParams, FinetuneParams, ModelParams, build_model, finetune
@@ -118,14 +121,15 @@ def test_caption_loss_is_a_cross_entropy_over_candidates():
 
 def _upscaled_folder(root, count=30, size=32):
     rng = np.random.default_rng(0)
-    (root / "images").mkdir(parents=True)
-    rows = []
+    rows, items = [], []
     for i in range(count):
         pixels = np.full((size, size, 3), 255, np.uint8)
         colour = rng.integers(0, 255, 3)
         top, left = rng.integers(0, size // 2, 2)
         pixels[top : top + size // 2, left : left + size // 2] = colour
-        Image.fromarray(pixels).save(root / "images" / f"e{i:03d}.png")
+        png = io.BytesIO()
+        Image.fromarray(pixels).save(png, format="PNG")
+        items.append((f"e{i:03d}", {RGB_KIND: png.getvalue()}))
         rows.append(
             {
                 "id": f"e{i:03d}",
@@ -136,6 +140,7 @@ def _upscaled_folder(root, count=30, size=32):
                 "source_sha256": "",
             }
         )
+    write_shards(root / IMAGES_DIR, UPSCALED_PREFIX, items, max_items=8)  # several shards
     with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

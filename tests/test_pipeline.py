@@ -1,9 +1,12 @@
 """The whole pipeline under real DVC, on smoke-size parameters."""
 
+import csv
 import json
 
 import pytest
 
+from emojich.layout import IMAGES_DIR, MASK_KIND, RAW_KIND, RGB_KIND, RGBA_KIND
+from emojich.shards import ShardReader
 from tests.pipeline import dvc
 
 
@@ -61,3 +64,23 @@ def test_dvc_dag_shows_the_chain(repo):
         '"tokenize" -> "finetune"',
     ):
         assert edge in dag, dag
+
+
+@pytest.mark.slow
+def test_dataset_images_live_in_shards_that_match_the_manifests(repo):
+    path, _ = repo
+    expected_kinds = {
+        "raw": [RAW_KIND],
+        "prepared": sorted([RGB_KIND, RGBA_KIND, MASK_KIND]),
+        "upscaled": sorted([RGB_KIND, MASK_KIND]),
+    }
+    tables = {"raw": "captions.csv", "prepared": "manifest.csv", "upscaled": "manifest.csv"}
+    for stage, kinds in expected_kinds.items():
+        folder = path / "data" / stage / IMAGES_DIR
+        files = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+        assert files == [f"{stage}-00000.tar"], files  # the smoke set fits one shard
+        with open(path / "data" / stage / tables[stage], encoding="utf-8", newline="") as handle:
+            ids = sorted(row["id"] for row in csv.DictReader(handle))
+        with ShardReader(folder) as shards:
+            assert shards.keys() == ids
+            assert all(shards.kinds(key) == kinds for key in ids)

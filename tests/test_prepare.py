@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from emojich.data.catalogue import write_catalogue
 from emojich.data.images import (
     RejectedImage,
     alpha_mask,
@@ -17,14 +20,16 @@ from emojich.data.images import (
     read_prepared_manifest,
 )
 from emojich.data.split import TRAIN, VALIDATION, caption_key, split_captions
-from emojich.storage import sha256_file
+from emojich.layout import IMAGES_DIR, MASK_KIND, RGB_KIND, RGBA_KIND
+from emojich.shards import ShardReader, iter_shards, shard_paths
+from emojich.storage import sha256_bytes
 from stages.prepare import PrepareParams, prepare
 from tests.synthetic_raw import make_raw, mode_samples, png_bytes
 
 
 @pytest.mark.parametrize("name", list(mode_samples()))
 def test_every_mode_normalised_to_rgba(name: str) -> None:
-    data, _, expected = mode_samples()[name]
+    data, expected = mode_samples()[name]
     rgba = decode_rgba(data)
     assert rgba.dtype == np.uint8 and rgba.shape == (*expected.shape[:2], 4)
     np.testing.assert_array_equal(rgba, expected)
@@ -78,6 +83,10 @@ def test_split_by_caption_is_disjoint_stable_and_seeded() -> None:
     assert set(split_captions(["а", "б"], 0.05, seed=42).values()) == {TRAIN, VALIDATION}
 
 
+def _shard_bytes(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in shard_paths(folder)}
+
+
 def test_prepare_stage_end_to_end(tmp_path) -> None:
     rows = make_raw(tmp_path / "raw")
     out = tmp_path / "prepared"
@@ -93,23 +102,74 @@ def test_prepare_stage_end_to_end(tmp_path) -> None:
             "broken-truncated": "truncated",
         }
 
+    # Only shards: one item per accepted image, in id order, with the three kinds.
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "images/prepared-00000.tar",
+        "manifest.csv",
+        "metrics.json",
+        "rejects.csv",
+    ]
     manifest = read_prepared_manifest(out / "manifest.csv")
+    assert [key for key, _ in iter_shards(out / IMAGES_DIR)] == [r.id for r in manifest]
     assert [r.id for r in manifest] == sorted(r.id for r in manifest)
     by_split: dict[str, set[str]] = {TRAIN: set(), VALIDATION: set()}
-    for row in manifest:
-        by_split[row.split].add(caption_key(row.caption))
-        assert sha256_file(out / "rgb" / f"{row.id}.png") == row.rgb_sha256
-        assert sha256_file(out / "rgba" / f"{row.id}.png") == row.rgba_sha256
-        assert sha256_file(out / "mask" / f"{row.id}.png") == row.mask_sha256
-        rgb = decode_png_array((out / "rgb" / f"{row.id}.png").read_bytes(), "RGB")
-        mask = decode_png_array((out / "mask" / f"{row.id}.png").read_bytes(), "L")
-        assert rgb.shape == (row.height, row.width, 3) and set(np.unique(mask)) <= {0, 255}
-        assert (rgb[mask == 0] == 255).all()
+    with ShardReader(out / IMAGES_DIR) as shards:
+        for row in manifest:
+            by_split[row.split].add(caption_key(row.caption))
+            assert shards.kinds(row.id) == sorted([RGB_KIND, RGBA_KIND, MASK_KIND])
+            rgb_png, mask_png = shards.read(row.id, RGB_KIND), shards.read(row.id, MASK_KIND)
+            assert sha256_bytes(rgb_png) == row.rgb_sha256
+            assert sha256_bytes(shards.read(row.id, RGBA_KIND)) == row.rgba_sha256
+            assert sha256_bytes(mask_png) == row.mask_sha256
+            rgb, mask = decode_png_array(rgb_png, "RGB"), decode_png_array(mask_png, "L")
+            assert rgb.shape == (row.height, row.width, 3) and set(np.unique(mask)) <= {0, 255}
+            assert (rgb[mask == 0] == 255).all()
     assert by_split[TRAIN] and by_split[VALIDATION]
     assert not by_split[TRAIN] & by_split[VALIDATION]
 
-    # Deterministic bytes, in-process or with worker processes.
+    # A second run over its own output rewrites the same bytes.
     first = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-    prepare(tmp_path / "raw", out, PrepareParams(val_fraction=0.3, workers=2), progress=False)
+    prepare(tmp_path / "raw", out, PrepareParams(val_fraction=0.3, workers=0), progress=False)
     second = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert first == second
+
+
+def test_prepare_is_byte_identical_in_process_and_with_workers(tmp_path) -> None:
+    make_raw(tmp_path / "raw", per_style=20)  # more rows than one worker task holds
+    for name, workers in (("a", 0), ("b", 2)):
+        prepare(tmp_path / "raw", tmp_path / name, PrepareParams(workers=workers), progress=False)
+    assert len(shard_paths(tmp_path / "a" / IMAGES_DIR)) == 1
+    assert _shard_bytes(tmp_path / "a" / IMAGES_DIR) == _shard_bytes(tmp_path / "b" / IMAGES_DIR)
+    for name in ("manifest.csv", "rejects.csv", "metrics.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_missing_member_and_changed_image_are_rejected(tmp_path) -> None:
+    raw = tmp_path / "raw"
+    rows = make_raw(raw, per_style=2, broken=False)
+    changed = dataclasses.replace(rows[0], sha256="0" * 64)
+    missing = dataclasses.replace(rows[1], id="zz-missing", image_path="images/raw-00000.tar:zz-missing.png")
+    write_catalogue([changed, missing, *rows[1:]], raw)
+
+    out = tmp_path / "prepared"
+    metrics = prepare(raw, out, PrepareParams(workers=0), progress=False)
+    assert metrics["rejected"] == {"hash-mismatch": 1, "missing-file": 1}
+    assert metrics["images"] == len(rows) - 1
+    with open(out / "rejects.csv", encoding="utf-8") as handle:
+        assert {r["id"]: r["reason"] for r in csv.DictReader(handle)} == {
+            changed.id: "hash-mismatch",
+            "zz-missing": "missing-file",
+        }
+    with ShardReader(out / IMAGES_DIR) as shards:
+        assert changed.id not in shards and "zz-missing" not in shards and rows[1].id in shards
+
+
+def test_a_smaller_run_leaves_no_stale_images(tmp_path) -> None:
+    make_raw(tmp_path / "big", per_style=4)
+    make_raw(tmp_path / "small", per_style=1, broken=False)
+    out = tmp_path / "prepared"
+    prepare(tmp_path / "big", out, PrepareParams(workers=0), progress=False)
+    prepare(tmp_path / "small", out, PrepareParams(workers=0), progress=False)
+    manifest = read_prepared_manifest(out / "manifest.csv")
+    with ShardReader(out / IMAGES_DIR) as shards:
+        assert shards.keys() == [row.id for row in manifest]

@@ -1,4 +1,5 @@
 import csv
+import io
 import json
 
 import numpy as np
@@ -7,6 +8,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from emojich.layout import IMAGES_DIR, MASK_KIND, RGB_KIND, UPSCALED_PREFIX
 from emojich.models.checkpoints import CheckpointError
 from emojich.segment.pseudolabel import (
     PseudoLabelConfig,
@@ -26,6 +28,7 @@ from emojich.segment.unet import (
     preset,
     save_unet,
 )
+from emojich.shards import write_shards
 
 
 class PresetLogits(nn.Module):
@@ -163,15 +166,20 @@ def test_saved_weights_carry_their_config(tmp_path):
 # -- the stage, end to end on tiny folders --------------------------------------------------------
 
 
+def _png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _write_upscaled(root, count=8, side=48):
     data = _synthetic_set(count, side)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rows = []
+    items, rows = [], []
     for i in range(count):
-        Image.fromarray(data.images[i]).save(root / "images" / f"e{i}.png")
-        Image.fromarray(data.masks[i].astype(np.uint8) * 255).save(root / "masks" / f"e{i}.png")
+        mask = data.masks[i].astype(np.uint8) * 255
+        items.append((f"e{i}", {RGB_KIND: _png_bytes(data.images[i]), MASK_KIND: _png_bytes(mask)}))
         rows.append({"id": f"e{i}", "caption": f"эмодзи {i}", "split": "val" if i < 2 else "train"})
+    write_shards(root / IMAGES_DIR, UPSCALED_PREFIX, items)
     with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["id", "caption", "split"])
         writer.writeheader()

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from emojich.data.images import decode_png_array, flatten_on_white
+from emojich.layout import IMAGES_DIR, MASK_KIND, RGB_KIND
 from emojich.models.rrdbnet import RRDBNet, RRDBNetConfig, preset
-from emojich.storage import sha256_file
+from emojich.shards import ShardReader, iter_shards, shard_paths
+from emojich.storage import sha256_bytes
 from emojich.upscale import (
     TrainConfig,
     evaluate_sr,
@@ -94,7 +96,8 @@ def _run_stages(tmp_path, **upscale):
 
 
 def test_upscale_stage_end_to_end(tmp_path) -> None:
-    metrics = _run_stages(tmp_path, train_steps=5, train_patch=8, eval_images=4)
+    options = {"train_steps": 5, "train_patch": 8, "eval_images": 4}
+    metrics = _run_stages(tmp_path, **options)
     out = tmp_path / "upscaled"
     assert metrics["upscaler"] == SELF_TRAINED
     assert json.loads((out / "metrics.json").read_text()) == metrics
@@ -104,15 +107,33 @@ def test_upscale_stage_end_to_end(tmp_path) -> None:
     with open(out / "manifest.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 19 and [r["id"] for r in rows] == sorted(r["id"] for r in rows)
-    for row in rows:
-        image = decode_png_array((out / "images" / f"{row['id']}.png").read_bytes(), "RGB")
-        mask = decode_png_array((out / "masks" / f"{row['id']}.png").read_bytes(), "L")
-        assert image.shape == (64, 64, 3) and mask.shape == (64, 64)
-        assert set(np.unique(mask)) <= {0, 255}
-        assert sha256_file(out / "images" / f"{row['id']}.png") == row["sha256"]
-        assert sha256_file(out / "masks" / f"{row['id']}.png") == row["mask_sha256"]
-        assert sha256_file(tmp_path / "prepared" / "rgb" / f"{row['id']}.png") == row["source_sha256"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "images/upscaled-00000.tar",
+        "manifest.csv",
+        "metrics.json",
+        "rrdbnet.safetensors",
+    ]
+    items = list(iter_shards(out / IMAGES_DIR))
+    assert [key for key, _ in items] == [r["id"] for r in rows]
+    with ShardReader(tmp_path / "prepared" / IMAGES_DIR) as prepared:
+        for row, (_, members) in zip(rows, items, strict=True):
+            assert sorted(members) == [MASK_KIND, RGB_KIND]
+            image = decode_png_array(members[RGB_KIND], "RGB")
+            mask = decode_png_array(members[MASK_KIND], "L")
+            assert image.shape == (64, 64, 3) and mask.shape == (64, 64)
+            assert set(np.unique(mask)) <= {0, 255}
+            assert sha256_bytes(members[RGB_KIND]) == row["sha256"]
+            assert sha256_bytes(members[MASK_KIND]) == row["mask_sha256"]
+            assert sha256_bytes(prepared.read(row["id"], RGB_KIND)) == row["source_sha256"]
+            if row["method"] == "copy":  # already the target size: the prepared bytes, untouched
+                assert members[RGB_KIND] == prepared.read(row["id"], RGB_KIND)
+                assert members[MASK_KIND] == prepared.read(row["id"], MASK_KIND)
     assert RRDBNet.load(out / "rrdbnet.safetensors").config == preset("demo")
+
+    # Running both stages again rewrites byte-identical shards.
+    first = [path.read_bytes() for path in shard_paths(out / IMAGES_DIR)]
+    assert _run_stages(tmp_path, **options)["images"] == metrics["images"]
+    assert [path.read_bytes() for path in shard_paths(out / IMAGES_DIR)] == first
 
 
 def test_upscale_stage_falls_back_to_lanczos_without_large_images(tmp_path) -> None:

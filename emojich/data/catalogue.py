@@ -3,24 +3,28 @@
 `data/raw/captions.csv` is the table every later stage reads. Rows are sorted by id and written
 with fixed formatting so an unchanged source gives a byte-identical file, which lets DVC skip
 everything downstream.
+
+The images themselves live in `data/raw/images/raw-00000.tar`, `raw-00001.tar`, ... (see
+`emojich.shards`), one member `<id>.png` per row, written in id order by `write_raw_images`;
+a row's `image_path` names its member, e.g. `images/raw-00000.tar:twemoji-1f600.png`.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from emojich.storage import dumps_csv, write_json_atomic, write_text_atomic
+from emojich.layout import IMAGES_DIR, RAW_KIND, RAW_PREFIX
+from emojich.shards import ShardWriter, member_ref
+from emojich.storage import dumps_csv, sha256_bytes, write_json_atomic, write_text_atomic
 
 CAPTIONS_FILE = "captions.csv"
 STATS_FILE = "stats.json"
-IMAGES_DIR = "images"
 
 _SPACES = re.compile(r"\s+")
 
@@ -29,10 +33,10 @@ _SPACES = re.compile(r"\s+")
 class CatalogueRow:
     id: str  # stable, filesystem-safe: "<style>-<code points>" offline, "<host>-<url hash>" on the web
     caption: str  # Russian, Unicode NFC, stripped, single spaces
-    image_path: str  # relative to the raw folder, e.g. "images/twemoji-1f600.png"
+    image_path: str  # shard member, relative to the raw folder: "images/raw-00000.tar:twemoji-1f600.png"
     source: str  # URL, or "package==version:U+1F600"
     style: str  # vendor or style label, e.g. "twemoji"
-    sha256: str  # of the image file as stored
+    sha256: str  # of the image bytes as stored (the shard member)
     licence: str
 
 
@@ -46,6 +50,26 @@ def normalise_caption(text: str) -> str:
 
 def catalogue_to_csv(rows: Iterable[CatalogueRow]) -> str:
     return dumps_csv(COLUMNS, (dataclasses.astuple(row) for row in sorted(rows)))
+
+
+def write_raw_images(
+    raw_dir: str | Path, images: Iterable[tuple[CatalogueRow, bytes]]
+) -> tuple[list[CatalogueRow], list[Path]]:
+    """Write PNG bytes as the raw shards, replacing the previous set only once all are written.
+
+    `images` must come in strictly increasing id order (the shard writer refuses anything else,
+    repeats included), which is what makes the shards byte-identical for an unchanged source.
+    Returns the rows with `image_path` and `sha256` filled in, and the shards written.
+    """
+    rows: list[CatalogueRow] = []
+    shards: dict[Path, None] = {}  # an ordered set
+    with ShardWriter(Path(raw_dir) / IMAGES_DIR, RAW_PREFIX) as writer:
+        for row, png in images:
+            shard = writer.add(row.id, {RAW_KIND: png})
+            shards[shard] = None
+            ref = member_ref(Path(IMAGES_DIR) / shard.name, row.id, RAW_KIND)
+            rows.append(dataclasses.replace(row, image_path=ref, sha256=sha256_bytes(png)))
+    return rows, list(shards)
 
 
 def write_catalogue(rows: Iterable[CatalogueRow], raw_dir: str | Path) -> Path:

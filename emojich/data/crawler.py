@@ -1,4 +1,4 @@
-"""Crawl a web emoji catalogue into `CatalogueRow`s and PNG files under `raw_dir/images/`.
+"""Crawl a web emoji catalogue into `CatalogueRow`s and PNG shards under `raw_dir/images/`.
 
 The crawl has three passes, each in a fixed order so that the output does not depend on
 thread timing:
@@ -6,11 +6,16 @@ thread timing:
 1. list pages (the start URLs and their `next_page` links), one after another: item links in
    the order they appear;
 2. item pages, concurrently: a caption and the image elements on each;
-3. images, concurrently: verified, stored as PNG under an id made from the URL's hash.
+3. images, concurrently: verified, converted to PNG where needed and kept in memory under an id
+   made from the URL's hash.
 
-Duplicates (same URL, or same stored bytes) keep the first in that order. Every problem is a
-counted, logged skip reason; only a bug or an interrupt stops the crawl, and because every file
-(images and HTTP cache) is written atomically, running again resumes where it stopped.
+Duplicates (same URL, or same PNG bytes) keep the first in that order. The images are then
+written, in id order, as the shards `images/raw-00000.tar`, ... (see `catalogue.write_raw_images`).
+
+Every problem is a counted, logged skip reason; only a bug or an interrupt stops the crawl. An
+interrupted crawl leaves the previous shard set as it was (or none), never part of a new one,
+and every fetched response is already in the on-disk HTTP cache (written atomically), so
+running again resumes without downloading those again.
 
 Selector syntax (params `scrape.web.selectors`), all CSS as understood by soupsieve:
 
@@ -43,9 +48,9 @@ from bs4 import BeautifulSoup, Tag
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from emojich.data.catalogue import IMAGES_DIR, CatalogueRow, normalise_caption
+from emojich.data.catalogue import CatalogueRow, normalise_caption, write_raw_images
 from emojich.data.http import ClientConfig, FetchError, PoliteClient, Response, host_of, url_key
-from emojich.storage import remove_stale_temporaries, sha256_bytes, sha256_file, write_bytes_atomic
+from emojich.storage import remove_stale_temporaries, sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +100,10 @@ class ImageRef:
 
 
 @dataclasses.dataclass(frozen=True)
-class StoredImage:
+class FetchedImage:
     ref: ImageRef
     row_id: str
+    png: bytes
     sha256: str
 
 
@@ -116,14 +122,14 @@ class Skip(Exception):
 def crawl(
     config: WebConfig, raw_dir: Path, cache_dir: Path, user_agent: str, progress: bool = True
 ) -> tuple[list[CatalogueRow], Counter[str], dict]:
-    """Write images under raw_dir/images/ and return rows, skip reasons (Counter reason->count), extra stats.
+    """Write image shards under raw_dir/images/ and return rows, skip reasons (Counter reason->count),
+    extra stats.
 
-    `images/` belongs to the crawl: PNGs that are not in the returned rows (left by an earlier
-    run with other settings, or duplicates) are removed, so the folder matches the rows exactly.
+    The raw shards belong to the crawl: each run replaces the whole set with exactly the
+    returned rows' images, so nothing is left from an earlier run with other settings.
     """
     raw_dir, cache_dir = Path(raw_dir), Path(cache_dir)
-    images_dir = raw_dir / IMAGES_DIR
-    images_dir.mkdir(parents=True, exist_ok=True)
+    raw_dir.mkdir(parents=True, exist_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     # A killed run can leave temporaries behind; they are never valid data.
     stale = remove_stale_temporaries(raw_dir) + remove_stale_temporaries(cache_dir)
@@ -138,21 +144,27 @@ def crawl(
             budget = max(0, config.max_pages - list_pages)
             _skip_many(skipped, "max_pages", item_urls[budget:])
             refs = collect_images(pool, client, config, item_urls[:budget], skipped, progress)
-            stored = store_images(pool, client, config, refs, images_dir, skipped, progress)
+            fetched = fetch_images(pool, client, config, refs, skipped, progress)
     finally:
         client.close()
 
-    rows = _dedup_rows(stored, config.licence, skipped)
-    pruned = _prune_images(images_dir, rows)
+    # Deduplicated in crawl order (first wins), written in id order (as the shards require).
+    unique = sorted(_dedup_rows(fetched, config.licence, skipped), key=lambda item: item[0].id)
+    rows, shards = write_raw_images(raw_dir, unique)
     extra = {
         "list_pages": list_pages,
         "item_pages": min(len(item_urls), budget),
         "image_urls": len(refs),
-        "pruned_images": pruned,
         "http": dict(sorted(client.stats.items())),
     }
-    log.info("crawl: %d images, %d skipped %s", len(rows), sum(skipped.values()), dict(skipped))
-    return sorted(rows), skipped, extra
+    log.info(
+        "crawl: %d images in %d shards, %d skipped %s",
+        len(rows),
+        len(shards),
+        sum(skipped.values()),
+        dict(skipped),
+    )
+    return rows, skipped, extra
 
 
 def _client_config(config: WebConfig, user_agent: str) -> ClientConfig:
@@ -355,37 +367,35 @@ def _srcset_candidates(srcset: str) -> Iterator[tuple[str, str]]:
 # -- pass 3: images ---------------------------------------------------------------------------
 
 
-def store_images(
+def fetch_images(
     pool: ThreadPoolExecutor,
     client: PoliteClient,
     config: WebConfig,
     refs: list[ImageRef],
-    images_dir: Path,
     skipped: Counter[str],
     progress: bool,
-) -> list[StoredImage]:
-    """Fetch, verify and store every image; results in `refs` order, failures counted."""
+) -> list[FetchedImage]:
+    """Fetch and verify every image into memory; results in `refs` order, failures counted."""
 
-    def fetch(ref: ImageRef) -> StoredImage | Skip | FetchError:
+    def fetch(ref: ImageRef) -> FetchedImage | Skip | FetchError:
         try:
-            response = client.fetch(ref.url)
-            png = to_png(response, config.max_image_pixels)
-            row_id = image_id(ref.url)
-            return StoredImage(ref, row_id, _store_png(images_dir, row_id, png))
+            png = to_png(client.fetch(ref.url), config.max_image_pixels)
+            return FetchedImage(ref, image_id(ref.url), png, sha256_bytes(png))
         except (Skip, FetchError) as error:
             return error
 
-    stored = []
+    fetched = []
     for outcome in _ordered_map(pool, fetch, refs, "images", progress):
         if isinstance(outcome, Exception):
             _skip(skipped, outcome.reason, outcome.url)
         else:
-            stored.append(outcome)
-    return stored
+            fetched.append(outcome)
+    return fetched
 
 
 def image_id(url: str) -> str:
-    """Stable, filesystem-safe id. Never built from the URL's path, so `../` cannot escape."""
+    """Stable id, safe as a file and shard member name. Never built from the URL's path, so
+    `../` cannot escape."""
     host = re.sub(r"[^a-z0-9-]", "-", host_of(url).replace(".", "-")) or "host"
     return f"{host}-{url_key(url)[:16]}"
 
@@ -417,44 +427,27 @@ def to_png(response: Response, max_pixels: int) -> bytes:
         raise Skip("corrupt_image", response.url, str(error)) from error
 
 
-def _store_png(images_dir: Path, row_id: str, png: bytes) -> str:
-    dest = images_dir / f"{row_id}.png"
-    digest = sha256_bytes(png)
-    # Unchanged files are left alone: a resumed or repeated run rewrites nothing.
-    if not (dest.exists() and sha256_file(dest) == digest):
-        write_bytes_atomic(dest, png)
-    return digest
-
-
-def _dedup_rows(stored: list[StoredImage], licence: str, skipped: Counter[str]) -> list[CatalogueRow]:
-    rows, seen = [], set()
-    for image in stored:
+def _dedup_rows(
+    fetched: list[FetchedImage], licence: str, skipped: Counter[str]
+) -> list[tuple[CatalogueRow, bytes]]:
+    """A row (image_path and sha256 still to fill in) and PNG bytes for the first of each image."""
+    unique, seen = [], set()
+    for image in fetched:
         if image.sha256 in seen:
             _skip(skipped, "duplicate_image", image.ref.url)
             continue
         seen.add(image.sha256)
-        rows.append(
-            CatalogueRow(
-                id=image.row_id,
-                caption=image.ref.caption,
-                image_path=f"{IMAGES_DIR}/{image.row_id}.png",
-                source=image.ref.url,
-                style=image.ref.style,
-                sha256=image.sha256,
-                licence=licence,
-            )
+        row = CatalogueRow(
+            id=image.row_id,
+            caption=image.ref.caption,
+            image_path="",
+            source=image.ref.url,
+            style=image.ref.style,
+            sha256="",
+            licence=licence,
         )
-    return rows
-
-
-def _prune_images(images_dir: Path, rows: list[CatalogueRow]) -> int:
-    keep = {Path(row.image_path).name for row in rows}
-    removed = 0
-    for path in images_dir.glob("*.png"):
-        if path.name not in keep:
-            path.unlink()
-            removed += 1
-    return removed
+        unique.append((row, image.png))
+    return unique
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -176,8 +176,8 @@ class PreparedRow:
     style: str
     source: str
     licence: str
-    raw_sha256: str
-    rgb_sha256: str
+    raw_sha256: str  # the catalogue's hash of the raw image
+    rgb_sha256: str  # of the `<id>.rgb.png` member of the prepared shards, and so on
     rgba_sha256: str
     mask_sha256: str
     width: int

@@ -10,9 +10,11 @@ CLDR's own names where Debian's `unicode-cldr-core` is installed. Images come fr
   109 px (136 x 128 bitmaps); it is downscaled when `render_size` is smaller, never upscaled, since
   upscaling small images is the upscale stage's job.
 
-Skin-tone variants share their base emoji's caption, as in the report's set. Every image is written
-atomically with deterministic bytes, and `images/.offline_manifest.json` records what was made and how, so a
-second build reuses unchanged files and only removes files it made itself.
+Skin-tone variants share their base emoji's caption, as in the report's set. Images are rendered in worker
+processes with deterministic bytes and written by the main process, in id order, as the raw shards
+`images/raw-00000.tar`, ... (see `catalogue.write_raw_images`). `images/.offline_manifest.json` records each
+style's recipe and the hash of every shard written, so a second build takes the images of unmodified shards
+made by the same recipe instead of rendering them again.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import json
 import logging
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from importlib import metadata, resources
 from pathlib import Path
@@ -35,7 +36,7 @@ import PIL
 from PIL import Image, ImageDraw, ImageFont, features
 from tqdm import tqdm
 
-from emojich.data.catalogue import IMAGES_DIR, CatalogueRow
+from emojich.data.catalogue import CatalogueRow, write_raw_images
 from emojich.data.russian import (
     VARIATION_SELECTOR,
     caption_from_emoji_name,
@@ -44,7 +45,9 @@ from emojich.data.russian import (
     load_cldr_names,
     strip_skin_tone,
 )
-from emojich.storage import sha256_file, write_bytes_atomic, write_json_atomic
+from emojich.layout import IMAGES_DIR, RAW_KIND
+from emojich.shards import ShardError, ShardReader, shard_paths
+from emojich.storage import sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ NOTO_STRIKE_SIZE = 109
 NOTO_STRIKE_PIXELS = 136
 # Inside images/ so that it belongs to the DVC output it describes.
 MANIFEST_FILE = ".offline_manifest.json"
-# Bump when rendering changes in a way that changes bytes, so old files are not reused.
+# Bump when rendering changes in a way that changes bytes, so old images are not reused.
 RENDER_VERSION = 1
 PNG_COMPRESS_LEVEL = 6  # fixed, so file bytes never depend on a library default
 
@@ -353,80 +356,78 @@ def _recipe(renderer: TwemojiAssets | FontRenderer) -> str:
 class _Job:
     renderer: TwemojiAssets | FontRenderer
     sequence: str
-    dest: Path
 
 
-def _run_job(job: _Job) -> tuple[str | None, str | None]:
-    """Render and write one image: (sha256, None) on success, (None, reason) when skipped."""
-    result = job.renderer.render(job.sequence)
-    if isinstance(result, str):
-        return None, result
-    write_bytes_atomic(job.dest, result)
-    return hashlib.sha256(result).hexdigest(), None
+def _render(job: _Job) -> bytes | str:
+    """One image's PNG bytes, or the reason it was skipped. Runs in a worker process: only the
+    main process writes, so the shards come out in id order whatever the scheduling."""
+    return job.renderer.render(job.sequence)
 
 
-def _run_jobs(jobs: list[_Job], progress: bool) -> list[tuple[str | None, str | None]]:
+def _render_all(jobs: list[_Job], progress: bool) -> list[bytes | str]:
     with tqdm(total=len(jobs), desc="render", unit="img", disable=not progress) as bar:
         if len(jobs) < _PARALLEL_FROM or _WORKERS < 2:
-            results = map(_run_job, jobs)
-            return [_tick(result, bar) for result in results]
+            return [_tick(result, bar) for result in map(_render, jobs)]
         with ProcessPoolExecutor(_WORKERS) as pool:
-            return [_tick(result, bar) for result in pool.map(_run_job, jobs, chunksize=32)]
+            return [_tick(result, bar) for result in pool.map(_render, jobs, chunksize=32)]
 
 
-def _tick(result: tuple[str | None, str | None], bar: tqdm) -> tuple[str | None, str | None]:
+def _tick(result: bytes | str, bar: tqdm) -> bytes | str:
     bar.update()
     return result
 
 
 @dataclasses.dataclass
 class _Manifest:
-    """What a build made: a recipe per style and the hash of every image, keyed by row id."""
+    """What a build made: a recipe per style and the sha256 of every shard it wrote."""
 
     recipes: dict[str, str] = dataclasses.field(default_factory=dict)
-    images: dict[str, str] = dataclasses.field(default_factory=dict)
+    shards: dict[str, str] = dataclasses.field(default_factory=dict)  # file name -> sha256
 
     @classmethod
-    def read(cls, raw_dir: Path) -> _Manifest:
-        path = raw_dir / IMAGES_DIR / MANIFEST_FILE
+    def read(cls, images_dir: Path) -> _Manifest:
+        path = images_dir / MANIFEST_FILE
         if not path.is_file():
             return cls()
         data = json.loads(path.read_text(encoding="utf-8"))
-        return cls(dict(data.get("recipes", {})), dict(data.get("images", {})))
+        return cls(dict(data.get("recipes", {})), dict(data.get("shards", {})))
 
-    def write(self, raw_dir: Path) -> None:
-        write_json_atomic(raw_dir / IMAGES_DIR / MANIFEST_FILE, {"recipes": self.recipes, "images": self.images})
+    def write(self, images_dir: Path) -> None:
+        write_json_atomic(images_dir / MANIFEST_FILE, {"recipes": self.recipes, "shards": self.shards})
 
-    def holds(self, style: str, recipe: str, image_id: str, path: Path) -> bool:
-        """Whether `path` is this manifest's image, made by the same recipe and left unmodified."""
-        digest = self.images.get(image_id)
-        return self.recipes.get(style) == recipe and digest is not None and _file_hash(path) == digest
+    def images(self, images_dir: Path, wanted: set[str]) -> dict[str, bytes]:
+        """The `wanted` images found in shards that this manifest lists with their current hash.
 
-    def prune(self, keep: Iterable[str], raw_dir: Path) -> int:
-        """Delete unmodified images this manifest made that are not in `keep`."""
-        keep = set(keep)
-        removed = 0
-        for image_id, digest in self.images.items():
-            path = raw_dir / IMAGES_DIR / f"{image_id}.png"
-            if image_id not in keep and _file_hash(path) == digest:
-                path.unlink()
-                removed += 1
-        return removed
-
-
-def _file_hash(path: Path) -> str | None:
-    return sha256_file(path) if path.is_file() else None
+        A shard that was modified, or that this build did not write, is never read: its images
+        are rendered again instead.
+        """
+        intact = {
+            path
+            for path in shard_paths(images_dir)
+            if path.name in self.shards and sha256_file(path) == self.shards[path.name]
+        }
+        if not intact or not wanted:
+            return {}
+        try:
+            with ShardReader(images_dir) as reader:
+                return {
+                    key: reader.read(key, RAW_KIND)
+                    for key in sorted(wanted)
+                    if reader.has(key, RAW_KIND) and reader.shard_of(key, RAW_KIND) in intact
+                }
+        except ShardError as error:  # a foreign tar in the folder: rendering again is always safe
+            log.warning("not reusing previous images: %s", error)
+            return {}
 
 
 def _row(style: str, prefix: str, entry: EmojiEntry) -> CatalogueRow:
-    image_id = entry_id(style, entry.sequence)
     return CatalogueRow(
-        id=image_id,
+        id=entry_id(style, entry.sequence),
         caption=entry.caption,
-        image_path=f"{IMAGES_DIR}/{image_id}.png",
+        image_path="",  # both filled in once the image is in its shard
         source=f"{prefix}:{codepoint_label(entry.sequence)}",
         style=style,
-        sha256="",  # filled in once the file exists
+        sha256="",
         licence=LICENCES[style],
     )
 
@@ -434,14 +435,12 @@ def _row(style: str, prefix: str, entry: EmojiEntry) -> CatalogueRow:
 def build_offline_catalogue(
     config: OfflineConfig, raw_dir: Path, progress: bool = True
 ) -> tuple[list[CatalogueRow], Counter[str], dict]:
-    """Write images under raw_dir/images/ and return rows, skip reasons and extra stats."""
-    raw_dir = Path(raw_dir)
+    """Write the images as shards under raw_dir/images/ and return rows, skip reasons and extra stats."""
+    images_dir = Path(raw_dir) / IMAGES_DIR
     entries, skipped, caption_sources = list_emoji(config.max_emoji)
-    previous, made = _Manifest.read(raw_dir), _Manifest()
-    rows: list[CatalogueRow] = []
-    pending: list[tuple[_Job, CatalogueRow]] = []
+    recipes: dict[str, str] = {}
+    planned: list[tuple[CatalogueRow, _Job]] = []
     unavailable: list[str] = []
-
     for style in config.styles:
         renderer = make_renderer(style, config.render_size)
         if renderer is None:
@@ -449,34 +448,35 @@ def build_offline_catalogue(
             unavailable.append(style)
             skipped[f"{style}:unavailable"] += len(entries)
             continue
-        made.recipes[style] = _recipe(renderer)
+        recipes[style] = _recipe(renderer)
         prefix = source_prefix(style)
-        for entry in entries:
-            row = _row(style, prefix, entry)
-            if previous.holds(style, made.recipes[style], row.id, raw_dir / row.image_path):
-                rows.append(dataclasses.replace(row, sha256=previous.images[row.id]))
-                made.images[row.id] = previous.images[row.id]
-            else:
-                pending.append((_Job(renderer, entry.sequence, raw_dir / row.image_path), row))
+        planned += [(_row(style, prefix, entry), _Job(renderer, entry.sequence)) for entry in entries]
+    planned.sort(key=lambda item: item[0].id)
 
-    results = _run_jobs([job for job, _ in pending], progress)
-    for (_, row), (digest, reason) in zip(pending, results, strict=True):
-        if digest is None:
-            skipped[f"{row.style}:{reason}"] += 1
+    previous = _Manifest.read(images_dir)
+    same_recipe = {row.id for row, _ in planned if previous.recipes.get(row.style) == recipes[row.style]}
+    reused = previous.images(images_dir, same_recipe)
+    rendered = iter(_render_all([job for row, job in planned if row.id not in reused], progress))
+    images: list[tuple[CatalogueRow, bytes]] = []
+    for row, _ in planned:
+        result = reused[row.id] if row.id in reused else next(rendered)
+        if isinstance(result, str):
+            skipped[f"{row.style}:{result}"] += 1
         else:
-            rows.append(dataclasses.replace(row, sha256=digest))
-            made.images[row.id] = digest
+            images.append((row, result))
 
-    removed = previous.prune(made.images, raw_dir)
-    made.write(raw_dir)
+    rows, shards = write_raw_images(raw_dir, images)
+    # Written after the shards: after a kill in between, the old hashes still match only shards
+    # whose bytes the old manifest describes.
+    _Manifest(recipes, {shard.name: sha256_file(shard) for shard in shards}).write(images_dir)
     log.info(
-        "offline catalogue: %d images, %d reused, %d rendered or tried, %d stale removed",
+        "offline catalogue: %d images in %d shards, %d reused, %d rendered or tried",
         len(rows),
-        len(rows) - sum(digest is not None for digest, _ in results),
-        len(pending),
-        removed,
+        len(shards),
+        len(reused),
+        len(planned) - len(reused),
     )
-    return sorted(rows), skipped, _extra_stats(config, unavailable, caption_sources)
+    return rows, skipped, _extra_stats(config, unavailable, caption_sources)
 
 
 def _extra_stats(config: OfflineConfig, unavailable: list[str], caption_sources: Counter[str]) -> dict:
