@@ -15,7 +15,49 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sticker_command(commands)
     _add_generate_command(commands)
     _add_lineage_command(commands)
+    _add_extract_command(commands)
     return parser
+
+
+def _add_extract_command(commands: argparse._SubParsersAction) -> None:
+    extract = commands.add_parser(
+        "extract",
+        help="copy one image out of a stage's shards",
+        description="Find image ID in the shards of FOLDER (e.g. data/prepared/images), write it to OUT "
+        "and print where it is stored as <shard>:<member>, the form `emojich lineage` takes.",
+    )
+    extract.add_argument("folder", metavar="FOLDER", help="a shard folder, e.g. data/upscaled/images")
+    extract.add_argument("id", metavar="ID", help="the image id, e.g. twemoji-1f600")
+    extract.add_argument("--kind", help="member kind, e.g. rgb.png or mask.png (needed when several)")
+    extract.add_argument("--out", metavar="OUT", help="destination file (default: ./ID.KIND)")
+    extract.set_defaults(handler=_run_extract)
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    from emojich.shards import ShardReader
+    from emojich.storage import write_bytes_atomic
+
+    with ShardReader(args.folder) as shards:
+        kinds = shards.kinds(args.id)
+        if not kinds:
+            print(f"emojich extract: no image {args.id} in the shards of {args.folder}", file=sys.stderr)
+            return 2
+        if args.kind is None and len(kinds) > 1:
+            print(
+                f"emojich extract: {args.id} has several kinds, choose one with --kind: {', '.join(kinds)}",
+                file=sys.stderr,
+            )
+            return 2
+        kind = args.kind or kinds[0]
+        if kind not in kinds:
+            print(
+                f"emojich extract: {args.id} has no kind {kind}; it has {', '.join(kinds)}", file=sys.stderr
+            )
+            return 2
+        dest = args.out or f"{args.id}.{kind}"
+        write_bytes_atomic(dest, shards.read(args.id, kind))
+        print(f"{shards.ref(args.id, kind)} -> {dest}")
+    return 0
 
 
 def _add_lineage_command(commands: argparse._SubParsersAction) -> None:

@@ -124,7 +124,8 @@ class Tracer:
         if not (self.root / relative).is_file():
             raise FileNotFoundError(f"no such shard: {shard}")
         item_id, _, kind = member.partition(".")
-        if not self._reader(relative.parent).has(item_id, kind):
+        shards = self._reader(relative.parent)
+        if not shards.has(item_id, kind) or shards.shard_of(item_id, kind) != self.root / relative:
             raise FileNotFoundError(f"{relative} holds no member {member}")
         lineage = Lineage(target=f"{relative.as_posix()}:{member}")
         if relative.parent == UPSCALED / IMAGES_DIR:

@@ -151,3 +151,15 @@ def test_edited_sticker_and_missing_sidecar_are_named(pipeline_copy):
     assert "sticker-modified" in _kinds(stickers[0], root)
     stickers[1].with_suffix(".json").unlink()
     assert _kinds(stickers[1], root)[0] == "missing-sidecar"
+
+
+def test_a_member_named_in_the_wrong_shard_is_refused(tmp_path):
+    folder = tmp_path / "data/prepared" / IMAGES_DIR
+    located = write_shards(
+        folder, PREPARED_PREFIX, [(k, {RGB_KIND: k.encode()}) for k in ("a", "b")], max_items=1
+    )
+    assert located["a"] != located["b"]
+    with pytest.raises(FileNotFoundError, match=r"holds no member b\.rgb\.png"):
+        trace(f"{located['a']}:b.{RGB_KIND}", tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such shard"):
+        trace(f"{folder}/prepared-00009.tar:a.{RGB_KIND}", tmp_path)

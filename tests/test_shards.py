@@ -114,3 +114,17 @@ def test_foreign_member_names_are_reported(tmp_path):
         ShardReader(tmp_path)
     with pytest.raises(ShardError, match="unexpected shard member"):
         list(iter_shards(tmp_path))
+
+
+def test_cli_extract_copies_one_member_and_names_its_shard(tmp_path, capsys):
+    from emojich.cli import main as cli
+
+    write_shards(tmp_path / "set", "set", _items(5), max_items=2)
+    out = tmp_path / "x.png"
+    assert cli(["extract", str(tmp_path / "set"), "item-003", "--kind", "rgb.png", "--out", str(out)]) == 0
+    assert out.read_bytes() == bytes([3]) * 10
+    assert "set-00001.tar:item-003.rgb.png" in capsys.readouterr().out
+    assert cli(["extract", str(tmp_path / "set"), "item-003", "--out", str(out)]) == 2  # two kinds
+    assert "mask.png, rgb.png" in capsys.readouterr().err
+    assert cli(["extract", str(tmp_path / "set"), "item-009"]) == 2
+    assert cli(["extract", str(tmp_path / "set"), "item-003", "--kind", "rgba.png"]) == 2
