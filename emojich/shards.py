@@ -15,10 +15,11 @@ Format, WebDataset style, so `tar` and `webdataset` read it as well as this modu
 - fixed headers (mtime 0, uid/gid 0, no user names, mode 0644): equal content gives
   byte-identical shards, which is what lets DVC skip everything downstream.
 
-One image on the command line: `tar -xOf data/prepared/images/prepared-00000.tar <id>.rgb.png > x.png`.
+One image on the command line: `emojich extract data/prepared/images <id> --kind rgb.png`, or
+`tar -xOf data/prepared/images/prepared-00000.tar <id>.rgb.png > x.png` when the shard is known.
 
-Written with the standard library's `tarfile`: the `webdataset` writer stamps members with the
-current time, which would change every hash on every run.
+Written with the standard library's `tarfile`, which is all the format needs: fixed headers
+and an index of member offsets are a few lines on top of it.
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ class ShardWriter:
     Keys must come in strictly increasing order, which makes the output independent of how the
     caller scheduled its work. Finished shards wait as temporaries beside their final names;
     a clean exit renames them all into place and deletes shards of the same prefix that this
-    run did not write (left by a larger earlier run). An error, or a killed process, leaves the
-    folder's previous shards untouched (temporaries from a kill are removed by the next run).
+    run did not write (left by a larger earlier run). An error, or a process killed before those
+    renames, leaves the folder's previous shards untouched (temporaries from a kill are removed by
+    the next run); only a kill during the renames themselves could leave two runs' shards mixed.
     """
 
     def __init__(
