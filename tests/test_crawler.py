@@ -6,6 +6,7 @@ import dataclasses
 import email.utils
 import io
 import itertools
+import sqlite3
 import tarfile
 import time
 from collections import Counter
@@ -27,7 +28,7 @@ from emojich.data.crawler import (
     largest_srcset_candidate,
     split_attribute,
 )
-from emojich.data.http import Response, parse_retry_after
+from emojich.data.http import HttpCache, Response, parse_retry_after
 from emojich.layout import IMAGES_DIR, RAW_KIND, RAW_PREFIX
 from emojich.params import from_dict, load_params
 from emojich.shards import ShardReader, ShardWriter, member_ref, shard_paths
@@ -325,6 +326,36 @@ def test_second_run_downloads_nothing_and_is_identical(site, first, second):
     assert second.rows == first.rows
     assert catalogue_to_csv(second.rows) == catalogue_to_csv(first.rows)
     assert second.files() == first.files()
+
+
+def test_the_cache_is_one_file_however_many_urls(first):
+    cache = first.raw_dir.parent / "cache"
+    assert [path.name for path in cache.rglob("*") if path.is_file()] == [HttpCache.FILE]
+    assert first.extra["http"]["downloads"] > 10
+
+
+def test_damaged_or_unreadable_cache_entries_are_fetched_again(tmp_path, caplog):
+    with FixtureSite() as site:
+        site.page("/list.html", '<a class="e" href="/e.html">e</a>')
+        site.page("/e.html", emoji_page("Кот", '<img src="/cat.png">'))
+        site.image("/cat.png", png_bytes(RED))
+        config = make_config(site, "/list.html")
+        first = run_crawl(site, config, tmp_path / "raw", tmp_path / "cache")
+        cache = HttpCache(tmp_path / "cache")
+        with sqlite3.connect(cache.path) as db:  # one body changed behind the cache's back
+            db.execute("UPDATE responses SET body = ? WHERE url LIKE '%/cat.png'", (b"not the image",))
+        cache.close()
+        since = site.mark()
+        again = run_crawl(site, config, tmp_path / "raw", tmp_path / "cache")
+        assert [e.status for e in site.log("/cat.png", since)] == [200]  # unconditional: no stale ETag
+        assert "discarding damaged cache entry" in caplog.text and again.rows == first.rows
+
+        (tmp_path / "cache" / HttpCache.FILE).write_bytes(b"this is not a database" * 100)
+        since = site.mark()
+        third = run_crawl(site, config, tmp_path / "raw", tmp_path / "cache")
+        assert "discarding unreadable HTTP cache" in caplog.text and third.rows == first.rows
+        assert [e.status for e in site.log("/cat.png", since)] == [200]
+        assert third.extra["http"]["downloads"] >= 3  # list, item page and image fetched again
 
 
 def test_if_modified_since_alone_revalidates(tmp_path):

@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import re
+import sqlite3
 import threading
 import time
 import urllib.robotparser
@@ -25,7 +26,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from emojich.storage import sha256_bytes, write_bytes_atomic
+from emojich.storage import sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -144,32 +145,58 @@ class HostRateLimiter:
 
 
 class HttpCache:
-    """URL -> (status, kept headers, body), one file per URL named by the URL's sha256.
+    """URL -> (status, kept headers, body), stored in one SQLite file in `folder`.
 
-    A file holds one JSON header line followed by the body and is replaced atomically, so an
-    entry is either complete or absent; the stored body hash catches anything else.
+    One file rather than one per URL: the folder is a DVC output, and DVC checks a folder file
+    by file on every `dvc repro`, so a large crawl's cache would make even a no-op slow. Each
+    store is one SQLite transaction, so a killed crawl leaves every entry complete or absent
+    (SQLite rolls a left-over journal back when the file is next opened); the stored body hash
+    catches anything else. One connection behind a lock serves all crawl threads: stores are
+    rare next to the rate limit.
     """
+
+    FILE = "responses.sqlite"
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / self.FILE
+        self._lock = threading.Lock()
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as error:  # not a database at all: a cache can start again
+            log.warning("discarding unreadable HTTP cache %s (%s)", self.path, error)
+            self.path.unlink()
+            self._db = self._open()
 
-    def path(self, url: str) -> Path:
-        key = url_key(url)
-        return self.folder / key[:2] / f"{key}.bin"
+    def _open(self) -> sqlite3.Connection:
+        # Autocommit (isolation_level=None): every statement is its own transaction.
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS responses (url TEXT PRIMARY KEY, meta TEXT NOT NULL, body BLOB NOT NULL)"
+            )
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
 
     def load(self, url: str) -> tuple[dict, bytes] | None:
-        path = self.path(url)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
+        with self._lock:
+            row = self._db.execute("SELECT meta, body FROM responses WHERE url = ?", (url,)).fetchone()
+        if row is None:
             return None
-        head, _, body = raw.partition(b"\n")
+        body = bytes(row[1])
         try:
-            meta = json.loads(head)
+            meta = json.loads(row[0])
         except ValueError:
             meta = {}
         if meta.get("url") != url or meta.get("sha256") != sha256_bytes(body):
-            log.warning("discarding damaged cache entry %s", path)
+            log.warning("discarding damaged cache entry for %s", url)
             return None
         return meta, body
 
@@ -181,8 +208,11 @@ class HttpCache:
             "stored_at": time.time(),
             "sha256": sha256_bytes(body),
         }
-        head = json.dumps(meta, sort_keys=True, ensure_ascii=True).encode("ascii")
-        write_bytes_atomic(self.path(url), head + b"\n" + body)
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO responses (url, meta, body) VALUES (?, ?, ?)",
+                (url, json.dumps(meta, sort_keys=True), body),
+            )
 
 
 def is_fresh(meta: dict, now: float | None = None) -> bool:
@@ -230,6 +260,7 @@ class PoliteClient:
     def close(self) -> None:
         for session in self._sessions:
             session.close()
+        self.cache.close()
 
     # -- robots.txt ---------------------------------------------------------------------------
 
