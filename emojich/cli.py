@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from emojich import __version__
+
+if TYPE_CHECKING:
+    from emojich.shards import ShardReader
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,30 +38,33 @@ def _add_extract_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_extract(args: argparse.Namespace) -> int:
-    from emojich.shards import ShardReader
+    from emojich.shards import ShardError, ShardReader
     from emojich.storage import write_bytes_atomic
 
-    with ShardReader(args.folder) as shards:
-        kinds = shards.kinds(args.id)
-        if not kinds:
-            print(f"emojich extract: no image {args.id} in the shards of {args.folder}", file=sys.stderr)
-            return 2
-        if args.kind is None and len(kinds) > 1:
-            print(
-                f"emojich extract: {args.id} has several kinds, choose one with --kind: {', '.join(kinds)}",
-                file=sys.stderr,
-            )
-            return 2
-        kind = args.kind or kinds[0]
-        if kind not in kinds:
-            print(
-                f"emojich extract: {args.id} has no kind {kind}; it has {', '.join(kinds)}", file=sys.stderr
-            )
-            return 2
-        dest = args.out or f"{args.id}.{kind}"
-        write_bytes_atomic(dest, shards.read(args.id, kind))
-        print(f"{shards.ref(args.id, kind)} -> {dest}")
+    try:
+        with ShardReader(args.folder) as shards:
+            kind = _member_kind(shards, args.id, args.kind)
+            dest = args.out or f"{args.id}.{kind}"
+            write_bytes_atomic(dest, shards.read(args.id, kind))
+            print(f"{shards.ref(args.id, kind)} -> {dest}")
+    except ShardError as error:  # also a folder holding tar files this project did not write
+        print(f"emojich extract: {error}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _member_kind(shards: ShardReader, key: str, kind: str | None) -> str:
+    """The kind to extract: the one asked for, or the only one the image has."""
+    from emojich.shards import ShardError
+
+    kinds = shards.kinds(key)
+    if not kinds:
+        raise ShardError(f"no image {key} in the shards of {shards.folder}")
+    if kind is None and len(kinds) > 1:
+        raise ShardError(f"{key} has several kinds, choose one with --kind: {', '.join(kinds)}")
+    if kind is not None and kind not in kinds:
+        raise ShardError(f"{key} has no kind {kind}; it has {', '.join(kinds)}")
+    return kind or kinds[0]
 
 
 def _add_lineage_command(commands: argparse._SubParsersAction) -> None:

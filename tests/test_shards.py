@@ -128,3 +128,8 @@ def test_cli_extract_copies_one_member_and_names_its_shard(tmp_path, capsys):
     assert "mask.png, rgb.png" in capsys.readouterr().err
     assert cli(["extract", str(tmp_path / "set"), "item-009"]) == 2
     assert cli(["extract", str(tmp_path / "set"), "item-003", "--kind", "rgba.png"]) == 2
+    with tarfile.open(tmp_path / "set" / "foreign.tar", "w") as tar:  # not written by this project
+        tar.addfile(tarfile.TarInfo("../x"), io.BytesIO())
+    capsys.readouterr()
+    assert cli(["extract", str(tmp_path / "set"), "item-003", "--kind", "rgb.png"]) == 2
+    assert "unexpected shard member" in capsys.readouterr().err
