@@ -89,6 +89,7 @@ class Tracer:
         self.verify_items = verify_items
         self.lock = _read_yaml(root / "dvc.lock").get("stages", {})
         self._shards: dict[Path, ShardReader] = {}
+        self._manifests: dict[Path, dict[str, dict[str, str]]] = {}
 
     def close(self) -> None:
         for shards in self._shards.values():
@@ -232,7 +233,7 @@ class Tracer:
             return
         link.sha256 = sha256_file(self.root / TOKENS_INDEX)
         train_ids = [row["id"] for row in index if row["split"] == "train"]
-        prepared, raw = self.prepared_rows, self.raw_rows
+        prepared, raw = self._manifest_rows(PREPARED), self.raw_rows
         styles, licences = Counter(), Counter()
         broken: list[str] = []
         for item_id in train_ids:
@@ -261,24 +262,12 @@ class Tracer:
 
     def _item(self, item_id: str, lineage: Lineage, start: str) -> None:
         if start == "upscaled":
-            row = self.upscaled_rows.get(item_id)
-            link = self._image_link("upscaled image", UPSCALED / IMAGES_DIR, item_id, RGB_KIND)
-            lineage.links.append(link)
-            if row is None:
-                link.problem = f"missing-manifest-row: {item_id} is not in the upscaled manifest"
+            upscaled = self._manifest_image(lineage, UPSCALED, item_id, "sha256", ("method", "split"))
+            if upscaled is None:
                 return
-            link.facts = {"method": row.get("method"), "split": row.get("split")}
-            if link.ok and row["sha256"] != link.sha256:
-                link.problem = "image-modified: the upscaled image differs from its manifest"
-        row = self.prepared_rows.get(item_id)
-        link = self._image_link("prepared image", PREPARED / IMAGES_DIR, item_id, RGB_KIND)
-        lineage.links.append(link)
+        row = self._manifest_image(lineage, PREPARED, item_id, "rgb_sha256", ("caption", "split", "style"))
         if row is None:
-            link.problem = f"missing-manifest-row: {item_id} is not in the prepared manifest"
             return
-        link.facts = {"caption": row["caption"], "split": row["split"], "style": row["style"]}
-        if link.ok and row["rgb_sha256"] != link.sha256:
-            link.problem = "image-modified: the prepared image differs from its manifest"
         raw = self.raw_rows.get(item_id)
         if raw is None:
             source = Link(
@@ -291,6 +280,23 @@ class Tracer:
         source.facts = {"source": raw["source"], "licence": raw["licence"], "style": raw["style"]}
         if source.ok and (source.sha256 != raw["sha256"] or row["raw_sha256"] != raw["sha256"]):
             source.problem = "image-modified: the source image differs from the catalogue's record"
+
+    def _manifest_image(
+        self, lineage: Lineage, stage_dir: Path, item_id: str, sha_column: str, fact_keys: tuple[str, ...]
+    ) -> dict[str, str] | None:
+        """Link a stage's RGB image (data/upscaled or data/prepared), checked against its manifest
+        row; returns the row, or None when the manifest has none."""
+        stage = stage_dir.name
+        link = self._image_link(f"{stage} image", stage_dir / IMAGES_DIR, item_id, RGB_KIND)
+        lineage.links.append(link)
+        row = self._manifest_rows(stage_dir).get(item_id)
+        if row is None:
+            link.problem = f"missing-manifest-row: {item_id} is not in the {stage} manifest"
+            return None
+        link.facts = {key: row.get(key) for key in fact_keys}
+        if link.ok and row[sha_column] != link.sha256:
+            link.problem = f"image-modified: the {stage} image differs from its manifest"
+        return row
 
     def _image_link(self, title: str, folder: Path, item_id: str, kind: str) -> Link:
         path, sha = self._member(folder, item_id, kind)
@@ -340,13 +346,11 @@ class Tracer:
     def raw_rows(self) -> dict[str, dict[str, str]]:
         return _rows_by_id(self.root / RAW / "captions.csv")
 
-    @functools.cached_property
-    def prepared_rows(self) -> dict[str, dict[str, str]]:
-        return _rows_by_id(self.root / PREPARED / "manifest.csv")
-
-    @functools.cached_property
-    def upscaled_rows(self) -> dict[str, dict[str, str]]:
-        return _rows_by_id(self.root / UPSCALED / "manifest.csv")
+    def _manifest_rows(self, stage_dir: Path) -> dict[str, dict[str, str]]:
+        """A stage's manifest.csv by id, read once per trace."""
+        if stage_dir not in self._manifests:
+            self._manifests[stage_dir] = _rows_by_id(self.root / stage_dir / "manifest.csv")
+        return self._manifests[stage_dir]
 
     def _reader(self, folder: Path) -> ShardReader:
         if folder not in self._shards:
@@ -393,10 +397,8 @@ def dvc_changes(root: Path) -> dict[str, str]:
 def trace(path: str | Path, root: str | Path = ".", verify_items: bool = True) -> Lineage:
     """The lineage of a file, or of an image in a stage's shards given as `<shard>:<member>`."""
     tracer = Tracer(Path(root).resolve(), verify_items)
-    shard, member = _split_shard_ref(str(path))
-    target = f"{Path(shard).resolve()}:{member}" if member is not None else Path(path).resolve()
     try:
-        return tracer.trace(target)
+        return tracer.trace(path)  # relative paths are resolved against the working directory
     finally:
         tracer.close()
 
