@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 
-def load_images(sources: Sequence[bytes | str | Path], size: int) -> torch.Tensor:
-    """Encoded images (bytes, or file paths) as RGB resized to `size` × `size` (area filter when
-    shrinking) -> uint8 [N, 3, size, size]."""
-    out = np.empty((len(sources), size, size, 3), dtype=np.uint8)
-    for index, source in enumerate(sources):
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+def load_images(encoded: Sequence[bytes], size: int) -> torch.Tensor:
+    """Encoded images (PNG bytes, as stored in shards) as RGB resized to `size` × `size` (area
+    filter when shrinking) -> uint8 [N, 3, size, size]."""
+    out = np.empty((len(encoded), size, size, 3), dtype=np.uint8)
+    for index, data in enumerate(encoded):
+        with Image.open(io.BytesIO(data)) as image:
             image = image.convert("RGB")
             if image.size != (size, size):
                 image = image.resize(

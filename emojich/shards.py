@@ -158,10 +158,10 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drop everything written so far; the folder keeps its previous shards."""
-        if self._tar is not None and self._tmp is not None:
+        if self._tar is not None:
             self._tar.close()
-            self._finished.append((self._tmp, self._tmp))
-        for tmp, _ in self._finished:
+        unfinished = [self._tmp] if self._tmp is not None else []
+        for tmp in [tmp for tmp, _ in self._finished] + unfinished:
             tmp.unlink(missing_ok=True)
         self._finished = []
         self._tar = self._tmp = None
