@@ -1,8 +1,10 @@
 """Stage `tokenize`: the image and text tokenizers, and every image encoded to codes once.
 
-Demo profile: a small Gumbel-VQ and a BPE are trained here on the upscaled emoji set.
+Demo profile: a small VQGAN (EMA quantizer) and a BPE are trained here on the upscaled emoji set.
 Paper profile: the published Sber VQGAN and `bpe.model` are loaded from local paths.
 Fine-tuning then reads `codes.safetensors` and never re-encodes an image per epoch.
+`thumbnails.safetensors` holds every image's 16 x 16 thumbnail, row-aligned with `index.csv`:
+the reference set of the fidelity measure (`emojich.fidelity.retrieval`) in `generate`.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from emojich.imageset import image_grid, load_images, save_png, to_uint8
+from emojich.fidelity.colour import block_delta_e
+from emojich.fidelity.retrieval import THUMBNAILS_FILE, thumbnails
+from emojich.imageset import image_grid, load_images, save_png
 from emojich.layout import IMAGES_DIR, RGB_KIND
 from emojich.models.vqgan import (
     VQGan,
     VQGanConfig,
     codebook_usage,
     encode_batched,
-    reconstruction_psnr,
+    psnr,
+    reconstruct,
     train_vqgan,
 )
 from emojich.params import from_dict, load_section
@@ -84,7 +89,7 @@ def image_tokenizer(params: ImageTokenizerParams, images: torch.Tensor, train_id
         lr=params.lr,
         seed=seed,
     )
-    return model, f"gumbel-vq-selftrained:{params.preset}", metrics
+    return model, f"{model.config.quantizer}-vq-selftrained:{params.preset}", metrics
 
 
 def text_tokenizer(params: TextTokenizerParams, captions: list[str]) -> tuple[TextTokenizer, str]:
@@ -112,7 +117,8 @@ def tokenize(params: TokenizeParams, upscaled: Path = UPSCALED, out: Path = OUT)
     model.eval()
     codes = encode_batched(model, images.float() / 255.0)
     held_out = images[val_ids] if len(val_ids) else images[train_ids[: params.grid_images]]
-    psnr = reconstruction_psnr(model, held_out)
+    recon = reconstruct(model, held_out)
+    fidelity = {"psnr": psnr(held_out, recon), "delta_e": block_delta_e(held_out, recon)}
 
     bpe, text_variant = text_tokenizer(
         params.text, sorted({row["caption"] for row in rows if row["split"] == "train"})
@@ -123,15 +129,13 @@ def tokenize(params: TokenizeParams, upscaled: Path = UPSCALED, out: Path = OUT)
     bpe.save(out / "bpe.json")
     with atomic_path(out / "codes.safetensors") as tmp:
         save_file({"codes": codes.to(torch.int32).contiguous()}, str(tmp))
+    with atomic_path(out / THUMBNAILS_FILE) as tmp:
+        save_file({"thumbnails": thumbnails(images).contiguous()}, str(tmp))
     write_index(rows, out / "index.csv")
 
-    sample = held_out[: params.grid_images]
-    recon = to_uint8(model.decode(model.encode(sample.float() / 255.0)))
-    if recon.shape[-1] != sample.shape[-1]:
-        recon = torch.nn.functional.interpolate(recon.float(), size=sample.shape[-2:], mode="area").to(
-            torch.uint8
-        )
-    pairs = torch.stack([sample, recon], dim=1).flatten(0, 1)  # original, reconstruction, original, ...
+    count = params.grid_images
+    # original, reconstruction, original, ...
+    pairs = torch.stack([held_out[:count], recon[:count]], dim=1).flatten(0, 1)
     save_png(image_grid(pairs, columns=8), out / "reconstructions.png")
 
     usage = codebook_usage(codes, model.config.codebook_size)
@@ -143,7 +147,8 @@ def tokenize(params: TokenizeParams, upscaled: Path = UPSCALED, out: Path = OUT)
         "val_images": len(val_ids),
         "grid": model.config.grid_size,
         "codebook_size": model.config.codebook_size,
-        "val_psnr_db": round(psnr, 3),
+        "val_psnr_db": round(fidelity["psnr"], 3),
+        "val_delta_e": round(fidelity["delta_e"], 3),
         "codebook_used_fraction": round(usage["used_fraction"], 4),
         "codebook_perplexity": round(usage["perplexity"], 2),
         "text_vocab_size": bpe.vocab_size,

@@ -9,11 +9,13 @@ import torch
 
 from emojich.models.checkpoints import CheckpointError
 from emojich.models.dwt import InverseHaar, haar_dwt
+from emojich.models.quantizers import QuantizerTraining
 from emojich.models.vqgan import (
     VQGan,
     VQGanConfig,
     codebook_usage,
     reconstruction_psnr,
+    saturating,
     train_vqgan,
 )
 
@@ -310,3 +312,91 @@ def test_training_improves_psnr_and_is_deterministic() -> None:
         torch.equal(a, b)
         for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True)
     )
+
+
+# -- the EMA quantizer (demo tokenizer) ---------------------------------------------------------
+
+TINY_EMA = dataclasses.replace(TINY, quantizer="ema")
+
+
+def test_demo_preset_uses_the_ema_quantizer_and_its_checkpoint_has_no_proj() -> None:
+    assert VQGanConfig.preset("demo").quantizer == "ema"
+    assert VQGanConfig.preset("sber").quantizer == "gumbel"
+    keys = set(VQGan(TINY_EMA).state_dict())
+    assert "quantize.embed.weight" in keys and "quantize.proj.weight" not in keys
+    # EMA statistics are training state, not part of the checkpoint.
+    assert not any("cluster_size" in k or "embed_sum" in k for k in keys)
+    with pytest.raises(ValueError, match="quantizer must be one of"):
+        VQGanConfig(quantizer="fsq")
+
+
+def test_ema_encode_is_the_nearest_codebook_entry_and_decodes_through_the_lookup() -> None:
+    torch.manual_seed(0)
+    model = VQGan(TINY_EMA).eval()
+    images = torch.rand(3, 3, 16, 16)
+    latents = model.latents(images)
+    flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    nearest = torch.cdist(flat, model.quantize.embed.weight).argmin(dim=1).reshape(3, -1)
+    assert torch.equal(model.encode(images), nearest)
+    codes = model.encode(images)
+    side = TINY_EMA.grid_size
+    z_q = model.quantize.embed.weight[codes].reshape(3, side, side, -1).permute(0, 3, 1, 2)
+    expected = (model.decode_latents(z_q).clamp(-1, 1) + 1) / 2
+    assert torch.allclose(model.decode(codes), expected)
+
+
+def test_ema_training_beats_gumbel_at_equal_budget() -> None:
+    """Same encoder, decoder, data and steps: the EMA quantizer reconstructs better (on the demo
+    set the gap is 16 dB against 20 dB, with Gumbel's decoder drawing the average brown)."""
+    images = _synthetic_emoji(128)
+    scores = {}
+    for quantizer in ("gumbel", "ema"):
+        torch.manual_seed(1)
+        model = VQGan(dataclasses.replace(TINY, quantizer=quantizer))
+        metrics = train_vqgan(model, images, steps=120, batch_size=16, lr=3e-3, seed=0, progress=False)
+        scores[quantizer] = metrics["psnr"]
+        if quantizer == "ema":
+            assert metrics["codebook_used_fraction"] > 0.5  # dead codes were restarted
+    assert scores["ema"] > scores["gumbel"] + 1.0, scores
+
+
+def test_ema_dead_codes_are_restarted_on_the_batch_latents() -> None:
+    torch.manual_seed(0)
+    quantizer = VQGan(TINY_EMA).quantize
+    latents = torch.randn(2, TINY_EMA.embed_dim, 4, 4) + 10.0  # far from every initial entry
+    step = quantizer.train_step(latents, 0.0, QuantizerTraining(), torch.Generator().manual_seed(0))
+    flat = latents.permute(0, 2, 3, 1).reshape(-1, TINY_EMA.embed_dim)
+    # Every entry started dead: the ones no latent chose this step now sit on a batch latent
+    # (the chosen ones moved towards their latents' mean by EMA instead).
+    chosen = torch.zeros(TINY_EMA.codebook_size, dtype=torch.bool)
+    chosen[step.codes.flatten()] = True
+    distance = (
+        torch.cdist(quantizer.embed.weight[~chosen], flat, compute_mode="donot_use_mm_for_euclid_dist")
+        .min(dim=1)
+        .values
+    )
+    assert (~chosen).sum() >= TINY_EMA.codebook_size // 2 and distance.max() < 1e-3
+    assert step.z_q.shape == latents.shape and step.loss > 0
+
+
+def test_saved_quantizer_must_match_and_published_loading_refuses_ema(tmp_path) -> None:
+    path = tmp_path / "vqgan.safetensors"
+    VQGan(TINY_EMA).save(path)
+    assert VQGan.load(path, expected=TINY_EMA).config.quantizer == "ema"
+    with pytest.raises(CheckpointError, match="quantizer='ema'"):
+        VQGan.load(path, expected=TINY)
+    published = tmp_path / "vqgan.gumbelf8-sber.model.ckpt"
+    torch.save(_taming_checkpoint(VQGan(TINY)), published)
+    with pytest.raises(CheckpointError, match="Gumbel quantizer"):
+        VQGan.load_published(published, config=TINY_EMA)
+
+
+def test_decoder_learns_to_saturate_white_backgrounds() -> None:
+    """Overshooting white costs nothing once clamped, so the loss lets the decoder saturate:
+    the background of a reconstruction is white, not 240-grey with a darker frame."""
+    target = torch.tensor([1.0, 1.0, 0.2, -1.0])
+    recon = torch.tensor([1.3, 0.9, 0.5, -1.4], requires_grad=True)
+    shown = saturating(recon, target)
+    assert shown.tolist() == pytest.approx([1.0, 0.9, 0.5, -1.0])
+    shown.sum().backward()
+    assert recon.grad.tolist() == [0.0, 1.0, 1.0, 0.0]

@@ -1,4 +1,4 @@
-"""Image tokenizer: a VQGAN with a Gumbel-softmax quantizer (taming-transformers ``GumbelVQ``).
+"""Image tokenizer: a VQGAN (taming-transformers ``GumbelVQ`` layout; quantizers in `quantizers`).
 
 The module tree mirrors taming-transformers so that the published Sber checkpoints load
 key-for-key (``encoder.down.{i}.block.{j}.conv1``, ``quantize.proj``, ...). Images enter in
@@ -7,7 +7,8 @@ key-for-key (``encoder.down.{i}.block.{j}.conv1``, ``quantize.proj``, ...). Imag
 Presets (``VQGanConfig.preset``):
 - ``sber``: the published f8 model, 256 px -> 32x32 codes from an 8192-entry codebook.
 - ``sber-dwt``: same encoder and codebook, decoder predicts Haar wavelet bands -> 512 px.
-- ``demo``: a small model that trains from scratch on CPU in minutes (64 px -> 8x8 codes).
+- ``demo``: a small model with an EMA quantizer that trains from scratch on CPU in minutes
+  (64 px -> 8x8 codes).
 - ``tiny``: for tests.
 """
 
@@ -35,8 +36,10 @@ from emojich.models.checkpoints import (
     save_safetensors,
 )
 from emojich.models.dwt import InverseHaar
+from emojich.models.quantizers import QuantizerTraining, build_quantizer
 
 CHECKPOINT_FORMAT = "emojich-vqgan"
+QUANTIZERS = ("gumbel", "ema")
 
 # Prefixes of tensors that published taming checkpoints carry besides the model itself:
 # ``loss.*`` holds the discriminator and the LPIPS perceptual network used in training.
@@ -63,11 +66,18 @@ class VQGanConfig:
     dropout: float = 0.0
     norm_groups: int = 32
     dwt: bool = False
+    # "gumbel": the published GumbelVQ (logits over the codebook, `quantize.proj`).
+    # "ema": nearest-neighbour VQ with an EMA-updated codebook, for training here: the Gumbel
+    # quantizer trained from scratch samples a near-random code per position, and its decoder
+    # learns the average (brown) emoji. Both decode through the same `quantize.embed` lookup.
+    quantizer: str = "gumbel"
 
     def __post_init__(self) -> None:
         # Tuples keep the config hashable and comparable after a JSON round trip (lists).
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
         for width in {self.ch * m for m in self.ch_mult}:
             if width % self.norm_groups:
                 raise ValueError(f"channel width {width} is not divisible by norm_groups={self.norm_groups}")
@@ -117,6 +127,7 @@ _PRESETS: dict[str, VQGanConfig] = {
         codebook_size=512,
         embed_dim=64,
         norm_groups=8,
+        quantizer="ema",
     ),
     "tiny": VQGanConfig(
         resolution=16,
@@ -320,57 +331,15 @@ class DecoderDWT(nn.Module):
         return self.idwt(self.decoder(self.post_quant_conv(quant)))
 
 
-class GumbelQuantizer(nn.Module):
-    """Logits over the codebook per position (``proj``) and the codebook itself (``embed``).
-
-    Inference takes the argmax code. Training relaxes the choice with a straight-through
-    Gumbel-softmax: the forward pass uses the hard one-hot, gradients flow through the soft one.
-    """
-
-    def __init__(self, in_channels: int, codebook_size: int, embed_dim: int) -> None:
-        super().__init__()
-        # The published model feeds quant_conv's output (embed_dim channels) into proj, declared
-        # with z_channels inputs; the two are equal (256) there, so embed_dim is the honest width.
-        self.proj = nn.Conv2d(in_channels, codebook_size, 1)
-        self.embed = nn.Embedding(codebook_size, embed_dim, _weight=torch.empty(codebook_size, embed_dim))
-        # Unit variance like nn.Embedding's default normal init, but drawn uniformly: normal_ on
-        # the meta device (used to inspect full-size layouts) loads torch's slow reference kernels.
-        nn.init.uniform_(self.embed.weight, -math.sqrt(3.0), math.sqrt(3.0))
-
-    @property
-    def codebook_size(self) -> int:
-        return self.embed.num_embeddings
-
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.proj(h)
-
-    def relaxed(
-        self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Straight-through Gumbel-softmax sample: (z_q [B, D, h, w], codes [B, h, w])."""
-        uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-        exponential = (-torch.log(uniform.clamp_min(1e-20))).clamp_min(1e-20)
-        gumbel = -torch.log(exponential)
-        soft = F.softmax((logits + gumbel) / temperature, dim=1)
-        codes = soft.argmax(dim=1)
-        hard = F.one_hot(codes, self.codebook_size).permute(0, 3, 1, 2).to(soft.dtype)
-        one_hot = hard - soft.detach() + soft
-        return torch.einsum("bnhw,nd->bdhw", one_hot, self.embed.weight), codes
-
-    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
-        """[B, h, w] codes -> [B, D, h, w] embeddings (equal to one-hot @ embed.weight)."""
-        return self.embed(codes).permute(0, 3, 1, 2)
-
-
 class VQGan(nn.Module):
-    """Encoder, Gumbel quantizer and decoder with taming-transformers state-dict keys."""
+    """Encoder, quantizer and decoder with taming-transformers state-dict keys."""
 
     def __init__(self, config: VQGanConfig) -> None:
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
-        self.quantize = GumbelQuantizer(config.embed_dim, config.codebook_size, config.embed_dim)
+        self.quantize = build_quantizer(config.quantizer, config.codebook_size, config.embed_dim)
         if config.dwt:
             self.decoder: nn.Module = DecoderDWT(config)
         else:
@@ -379,9 +348,13 @@ class VQGan(nn.Module):
 
     # -- building blocks of encode/decode, also used by training -----------------------------
 
+    def latents(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] in [0, 1] -> quantizer input [B, embed_dim, H/f, W/f]."""
+        return self.quant_conv(self.encoder(2.0 * images - 1.0))
+
     def code_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] in [0, 1] -> codebook logits [B, K, H/f, W/f]."""
-        return self.quantize.logits(self.quant_conv(self.encoder(2.0 * images - 1.0)))
+        """[B, 3, H, W] in [0, 1] -> codebook scores [B, K, H/f, W/f]; the argmax is the code."""
+        return self.quantize.logits(self.latents(images))
 
     def decode_latents(self, z_q: torch.Tensor) -> torch.Tensor:
         """Quantized latents [B, D, h, w] -> raw decoder output in roughly [-1, 1]."""
@@ -427,6 +400,10 @@ class VQGan(nn.Module):
         elif config.dwt != dwt:
             kind = "a DWT" if dwt else "a plain"
             raise CheckpointError(f"{path} holds {kind} VQGAN decoder but the config has dwt={config.dwt}")
+        if config.quantizer != "gumbel":
+            raise CheckpointError(
+                f"{path}: published VQGANs hold a Gumbel quantizer, the config asks for {config.quantizer!r}"
+            )
         model = cls(config)
         load_state_dict_strict(model, state, optional=UNUSED_DWT_KEYS if dwt else (), source=str(path))
         return model.eval()
@@ -510,6 +487,21 @@ def _to_unit(batch: torch.Tensor) -> torch.Tensor:
     return batch.float() / 255.0
 
 
+def saturating(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The decoder output as the loss should see it where the target sits on a bound.
+
+    Decoded images are clamped to [-1, 1] for display, so overshooting a white (or black) target
+    pixel shows nothing. Scored as is, a decoder regressing to the mean hovers just inside the
+    bound and draws an emoji's white background as 240-off-white with a darker frame, which the
+    segmentation then keeps as a semi-opaque halo. Clamped on the target's side only where the
+    target is on the bound, the decoder learns to saturate there, and every other pixel keeps its
+    full gradient.
+    """
+    return torch.where(
+        target >= 1.0, recon.clamp(max=1.0), torch.where(target <= -1.0, recon.clamp(min=-1.0), recon)
+    )
+
+
 def train_vqgan(
     model: VQGan,
     images: Any,
@@ -518,28 +510,25 @@ def train_vqgan(
     lr: float = 2e-3,
     seed: int = 0,
     progress: bool = True,
-    temperature_start: float = 1.0,
-    temperature_end: float = 1.0 / 16,
-    kl_weight: float = 5e-4,
-    usage_weight: float = 0.1,
+    quantizer: QuantizerTraining | None = None,
 ) -> dict[str, float]:
-    """Train `model` in place from scratch-style settings; returns summary metrics.
+    """Train `model` in place from scratch; returns summary metrics.
 
-    Loss: L1 + MSE reconstruction (no perceptual network, so nothing has to be downloaded),
-    plus ``kl_weight`` times the published per-position KL to a uniform prior, plus
-    ``usage_weight`` times the KL of the batch-averaged code distribution to uniform, which
-    penalises a collapsed codebook directly. The Gumbel temperature anneals exponentially
-    from `temperature_start` to `temperature_end`; Adam with a short warm-up and cosine decay.
-    Deterministic for a given seed (all randomness comes from one generator).
+    Loss: L1 + MSE reconstruction (no perceptual network, so nothing has to be downloaded) plus
+    the quantizer's own term (`QuantizerTraining`: KL terms for Gumbel, commitment for EMA).
+    Adam with a short warm-up and cosine decay. Deterministic for a given seed (all randomness
+    comes from one generator).
     """
     data = _as_uint8_nchw(images)
     factor = model.config.downsample_factor
     if data.shape[-1] % factor or data.shape[-2] % factor:
         raise ValueError(f"image size {tuple(data.shape[-2:])} is not a multiple of {factor}")
+    settings = quantizer or QuantizerTraining()
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout, if configured, draws from the global generator
     # Plain reconstruction training (no discriminator), so the usual betas rather than GAN ones.
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=lr, betas=(0.9, 0.99))
     warmup = max(1, steps // 20)
 
     def schedule(step: int) -> float:
@@ -549,34 +538,27 @@ def train_vqgan(
         return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress_))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    codebook = model.config.codebook_size
     losses: list[float] = []
     model.train()
     started = time.perf_counter()
     for step in range(steps):
-        fraction = step / max(1, steps - 1)
-        temperature = temperature_start * (temperature_end / temperature_start) ** fraction
         index = torch.randint(len(data), (batch_size,), generator=generator)
         batch = _to_unit(data[index])
-        logits = model.code_logits(batch)
-        z_q, _ = model.quantize.relaxed(logits, temperature, generator)
+        quantized = model.quantize.train_step(
+            model.latents(batch), step / max(1, steps - 1), settings, generator
+        )
         target = 2.0 * batch - 1.0
-        recon = model.decode_latents(z_q)
+        recon = saturating(model.decode_latents(quantized.z_q), target)
         loss_rec = F.l1_loss(recon, target) + F.mse_loss(recon, target)
-        probs = F.softmax(logits, dim=1)
-        log_probs = F.log_softmax(logits, dim=1)
-        kl_position = (probs * (log_probs + math.log(codebook))).sum(dim=1).mean()
-        marginal = probs.mean(dim=(0, 2, 3))
-        kl_usage = (marginal * (marginal.clamp_min(1e-12).log() + math.log(codebook))).sum()
-        loss = loss_rec + kl_weight * kl_position + usage_weight * kl_usage
+        loss = loss_rec + quantized.loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         scheduler.step()
         losses.append(float(loss_rec.detach()))
         if progress and (step % max(1, steps // 10) == 0 or step == steps - 1):
-            print(f"vqgan step {step + 1}/{steps} rec {losses[-1]:.4f} temp {temperature:.3f}", flush=True)
+            print(f"vqgan step {step + 1}/{steps} rec {losses[-1]:.4f}", flush=True)
     seconds = time.perf_counter() - started
     model.eval()
     evaluation = _to_unit(data[torch.randperm(len(data), generator=generator)[:256]])
@@ -589,7 +571,10 @@ def train_vqgan(
         "loss_first": losses[0] if losses else float("nan"),
         "loss_last": float(np.mean(tail)) if tail else float("nan"),
         "psnr": reconstruction_psnr(model, evaluation),
-        **{f"codebook_{name}": value for name, value in codebook_usage(codes, codebook).items()},
+        **{
+            f"codebook_{name}": value
+            for name, value in codebook_usage(codes, model.config.codebook_size).items()
+        },
     }
 
 
@@ -602,18 +587,30 @@ def encode_batched(model: VQGan, images: torch.Tensor, batch_size: int = 64) -> 
 
 
 @torch.no_grad()
-def reconstruction_psnr(model: VQGan, images: torch.Tensor | np.ndarray, batch_size: int = 64) -> float:
-    """Mean PSNR (dB) of encode -> decode on [0, 1] float or uint8 images (plain decoder size)."""
+def reconstruct(model: VQGan, images: torch.Tensor | np.ndarray, batch_size: int = 64) -> torch.Tensor:
+    """encode -> decode as uint8 [N, 3, H, W] at the input's size (the DWT decoder's 2x is
+    area-averaged back), the way the images are saved and looked at."""
     data = _as_uint8_nchw(images)
-    scores = []
+    out = []
     for start in range(0, len(data), batch_size):
         batch = _to_unit(data[start : start + batch_size])
         recon = model.decode(model.encode(batch))
-        if recon.shape[-1] != batch.shape[-1]:  # the DWT decoder doubles the size
+        if recon.shape[-1] != batch.shape[-1]:
             recon = F.interpolate(recon, size=batch.shape[-2:], mode="area")
-        mse = ((recon - batch) ** 2).flatten(1).mean(dim=1).clamp_min(1e-10)
-        scores.append(10.0 * torch.log10(1.0 / mse))
-    return float(torch.cat(scores).mean())
+        out.append((recon.clamp(0, 1) * 255).round().to(torch.uint8))
+    return torch.cat(out) if out else data.clone()
+
+
+def psnr(original: torch.Tensor, reconstruction: torch.Tensor) -> float:
+    """Mean per-image PSNR (dB) of two uint8 batches."""
+    difference = original.float() / 255.0 - reconstruction.float() / 255.0
+    mse = difference.pow(2).flatten(1).mean(dim=1).clamp_min(1e-10)
+    return float((10.0 * torch.log10(1.0 / mse)).mean())
+
+
+def reconstruction_psnr(model: VQGan, images: torch.Tensor | np.ndarray, batch_size: int = 64) -> float:
+    """Mean PSNR (dB) of encode -> decode on [0, 1] float or uint8 images."""
+    return psnr(_as_uint8_nchw(images), reconstruct(model, images, batch_size))
 
 
 def codebook_usage(codes: torch.Tensor, codebook_size: int) -> dict[str, float]:
