@@ -154,6 +154,9 @@ def _add_generate_command(commands: argparse._SubParsersAction) -> None:
     generate.add_argument("--top-p", type=float, default=0.995)
     generate.add_argument("--temperature", type=float, default=1.0)
     generate.add_argument("--seed", type=int, default=42)
+    generate.add_argument(
+        "--guidance", type=float, default=1.0, help="classifier-free guidance scale; 1 = off (the report)"
+    )
     generate.add_argument("--out", required=True, metavar="DIR")
     generate.add_argument("--checkpoint", default="data/finetune/model.safetensors")
     generate.add_argument(

@@ -56,6 +56,20 @@ class PairSet:
     def head(self, count: int) -> PairSet:
         return PairSet(self.text[:count], self.codes[:count], self.captions[:count], 0)
 
+    def spread(self, count: int) -> PairSet:
+        """Up to `count` pairs with distinct captions, taken evenly over the split.
+
+        Rows come grouped by image id, so the first rows are often one caption's variants (skin
+        tones, styles): scoring those would measure one caption many times over.
+        """
+        first: dict[str, int] = {}
+        for row, caption in enumerate(self.captions):
+            first.setdefault(caption, row)
+        rows = list(first.values())
+        if len(rows) > count:
+            rows = [rows[i * len(rows) // count] for i in range(count)]
+        return PairSet(self.text[rows], self.codes[rows], [self.captions[r] for r in rows], 0)
+
 
 def build_pairs(
     captions: Sequence[str],
@@ -82,11 +96,23 @@ def build_pairs(
     return PairSet(text, codes, list(captions), truncated)
 
 
-def pair_loss(pairs: PairSet, device: torch.device):
-    """The loss function the Trainer calls with example indices."""
+def pair_loss(pairs: PairSet, device: torch.device, caption_dropout: float = 0.0):
+    """The loss function the Trainer calls with example indices.
+
+    `caption_dropout` replaces that share of captions with an empty one (all padding), so the
+    model also learns p(image) without a caption: what classifier-free guidance at sampling time
+    (`emojich.sampling.generate(guidance=...)`) pushes away from. Drawn from torch's global
+    generator, whose state the Trainer's checkpoints carry, so a resumed run drops the same ones.
+    """
+    if not 0.0 <= caption_dropout < 1.0:
+        raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout!r}")
 
     def loss(model: Dalle, indices: torch.Tensor):
-        return model(pairs.text[indices].to(device), pairs.codes[indices].to(device), return_loss=True)
+        text = pairs.text[indices]
+        if caption_dropout:
+            dropped = torch.rand(len(indices)) < caption_dropout
+            text = text.masked_fill(dropped[:, None], TextTokenizer.pad_id)
+        return model(text.to(device), pairs.codes[indices].to(device), return_loss=True)
 
     return loss
 
@@ -122,12 +148,15 @@ def image_log_likelihood(model: Dalle, text: torch.Tensor, codes: torch.Tensor) 
 
 
 @torch.no_grad()
-def caption_loss(model: Dalle, pairs: PairSet, candidates: int, device: torch.device, seed: int = 0) -> float:
-    """Cross-entropy of an image's own caption given the image, among `candidates` captions.
+def caption_loss(
+    model: Dalle, pairs: PairSet, candidates: int, device: torch.device, seed: int = 0
+) -> dict[str, float]:
+    """Cross-entropy of an image's own caption given the image, among `candidates` captions,
+    and how often the own caption ranks first (`top1`; chance is 1 / candidates).
 
     The report proposes scoring captions given images (CogView's caption loss). The released
     transformer only reads text before the image, so p(caption | image) is taken by Bayes over
-    a candidate set (the true caption and `candidates - 1` other distinct validation captions)
+    a candidate set (the true caption and `candidates - 1` other distinct captions of `pairs`)
     with a uniform prior over it: p(c | image) = p(image | c) / sum over candidates of
     p(image | c'). A uniform prior rather than the model's own p(c): caption priors differ by
     many nats between short and long captions and would drown the image-text agreement this
@@ -135,13 +164,13 @@ def caption_loss(model: Dalle, pairs: PairSet, candidates: int, device: torch.de
     """
     distinct = sorted(set(pairs.captions))
     if len(distinct) < 2 or candidates < 2:
-        return float("nan")
+        return {"loss": float("nan"), "top1": float("nan")}
     candidates = min(candidates, len(distinct))
     first_row = {caption: pairs.captions.index(caption) for caption in distinct}
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
-    losses = []
+    losses, hits = [], []
     for row in range(len(pairs)):
         own = pairs.captions[row]
         others = [c for c in distinct if c != own]
@@ -151,8 +180,9 @@ def caption_loss(model: Dalle, pairs: PairSet, candidates: int, device: torch.de
         codes = pairs.codes[row].expand(len(rows), -1).to(device)
         scores = image_log_likelihood(model, text, codes)
         losses.append(float(-(scores[0] - torch.logsumexp(scores, dim=0))))
+        hits.append(float(scores[0] > scores[1:].max()))
     model.train(was_training)
-    return sum(losses) / len(losses)
+    return {"loss": sum(losses) / len(losses), "top1": sum(hits) / len(hits)}
 
 
 def chance_caption_loss(candidates: int) -> float:

@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 from safetensors import safe_open
 
 from emojich.device import resolve_device
+from emojich.fidelity.retrieval import Reference, fidelity_metrics, load_reference, thumbnails
 from emojich.imageset import to_uint8
 from emojich.models.dalle import Dalle
 from emojich.models.rrdbnet import RRDBNet
@@ -72,6 +73,9 @@ class SamplingCell:
     top_p: float
     temperature: float
     seed: int
+    # Classifier-free guidance scale (1 = off, the report's sampler). A stage parameter rather
+    # than an axis of the grid, so it is not part of the cell's name.
+    guidance: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
@@ -82,6 +86,8 @@ class SamplingCell:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not self.guidance >= 1.0:
+            raise ValueError(f"guidance must be >= 1 (1 = off), got {self.guidance!r}")
 
     @property
     def name(self) -> str:
@@ -333,18 +339,27 @@ def sample_cell(
             seed=effective.seed,
             batch_size=batch_size,
             progress=progress,
+            guidance=effective.guidance,
         )
         results.append(PromptResult(check, sample.codes, sample.scores, rank_by_score(sample.scores)))
     return CellRun(cell, effective, notes, results, time.perf_counter() - started)
 
 
 @torch.inference_mode()
+def decode(models: Models, codes: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """Codes [N, L] -> uint8 [N, 3, H, W] at the VQGAN's own output size."""
+    if not len(codes):
+        size = models.vqgan.config.output_resolution
+        return torch.zeros((0, 3, size, size), dtype=torch.uint8)
+    return torch.cat(
+        [to_uint8(models.vqgan.decode(chunk.to(models.device))) for chunk in codes.split(batch_size)]
+    )
+
+
+@torch.inference_mode()
 def render(models: Models, codes: torch.Tensor, batch_size: int = 16) -> list[np.ndarray]:
     """Codes [N, L] -> N uint8 (512, 512, 3) arrays, by `models.output_method`."""
-    pixels: list[np.ndarray] = []
-    for chunk in codes.split(batch_size):
-        decoded = to_uint8(models.vqgan.decode(chunk.to(models.device))).permute(0, 2, 3, 1).numpy()
-        pixels.extend(decoded)
+    pixels = list(decode(models, codes, batch_size).permute(0, 2, 3, 1).numpy())
     # upscale_to super-resolves only images smaller than the target, then resizes exactly.
     sr_model = models.upscaler if models.output_method not in (DWT_DECODER, LANCZOS_FALLBACK) else None
     return upscale_to(pixels, sr_model, TARGET_SIZE, batch_size)
@@ -428,6 +443,7 @@ def image_record(
         "top_k_effective": run.effective.top_k,
         "top_p": run.cell.top_p,
         "temperature": run.cell.temperature,
+        "guidance": run.cell.guidance,
         "score": round(float(result.scores[attempt]), 6),
         "truncated": result.check.truncated,
         "unknown_tokens": result.check.unknown_tokens,
@@ -507,6 +523,7 @@ def cell_metrics(run: CellRun, models: Models, keep_best: int, skipped_empty: in
         "top_k_effective": run.effective.top_k,
         "top_p": run.cell.top_p,
         "temperature": run.cell.temperature,
+        "guidance": run.cell.guidance,
         "seed": run.cell.seed,
         "prompts": len(run.prompts),
         "attempts": scores.shape[1],
@@ -534,14 +551,52 @@ def timing(run: CellRun) -> dict[str, float]:
     }
 
 
-def write_sheet(
-    dest: Path, run: CellRun, models: Models, kept: Sequence[Sequence[np.ndarray]], thumb: int
-) -> None:
-    title = f"{run.cell.name} · {models.output_method}"
-    sheet = contact_sheet(
-        [(r.check.text, images) for r, images in zip(run.prompts, kept, strict=True)], title, thumb
-    )
-    write_bytes_atomic(dest, png_bytes(np.asarray(sheet)))
+def write_sheet(dest: Path, title: str, rows: Sequence[tuple[str, Sequence[np.ndarray]]], thumb: int) -> None:
+    write_bytes_atomic(dest, png_bytes(np.asarray(contact_sheet(rows, title, thumb))))
+
+
+@dataclasses.dataclass
+class Fidelity:
+    """Caption retrieval of a cell's images against the real catalogue (`emojich.fidelity`)."""
+
+    kinds: list[str]  # per prompt: train / held-out / zero-shot
+    ranks: list[list[int]]  # per prompt, per attempt (attempt order); empty for zero-shot
+    metrics: dict[str, Any]
+
+
+def measure_fidelity(
+    reference: Reference, run: CellRun, models: Models, keep: int, batch_size: int
+) -> Fidelity:
+    prompts = [r.check.text for r in run.prompts]
+    thumbs = [thumbnails(decode(models, r.codes, batch_size)) for r in run.prompts]
+    ranks = reference.prompt_ranks(prompts, thumbs)
+    metrics: dict[str, Any] = fidelity_metrics(reference, prompts, ranks)
+    kept = [
+        [per[int(i)] for i in r.order[:keep]] if per else []
+        for r, per in zip(run.prompts, ranks, strict=True)
+    ]
+    kept_metrics = fidelity_metrics(reference, prompts, kept)
+    for name in ("train_top1", "train_top10"):
+        if name in kept_metrics:
+            metrics[f"{name}_kept"] = kept_metrics[name]
+    return Fidelity([reference.prompt_kind(p) for p in prompts], ranks, metrics)
+
+
+def sheet_rows(
+    run: CellRun, kept: Sequence[Sequence[np.ndarray]], fidelity: Fidelity | None, keep: int
+) -> list:
+    """(label, images) per prompt; the label says what kind of prompt it is and how each kept
+    image ranked its prompt's caption, so a reader tells learnt emoji from zero-shot probes."""
+    rows = []
+    for index, (result, images) in enumerate(zip(run.prompts, kept, strict=True)):
+        label = result.check.text
+        if fidelity is not None:
+            label += f" · {fidelity.kinds[index]}"
+            ranks = fidelity.ranks[index]
+            if ranks:
+                label += " · ranks " + " ".join(str(ranks[int(i)]) for i in result.order[:keep])
+        rows.append((label, images))
+    return rows
 
 
 def write_cell(
@@ -555,8 +610,11 @@ def write_cell(
     batch_size: int = 16,
     thumb: int = 128,
     progress: bool = True,
+    reference: Reference | None = None,
 ) -> dict[str, Any]:
-    """Sample, rank and write one cell into `out` (layout in stages/generate.py); returns its metrics."""
+    """Sample, rank and write one cell into `out` (layout in stages/generate.py); returns its metrics.
+
+    With a `reference` (the real catalogue), the metrics gain caption retrieval (`fidelity`)."""
     if not isinstance(keep_best, int) or keep_best < 1:
         raise ValueError(f"keep_best must be an integer >= 1, got {keep_best!r}")
     keep = min(keep_best, attempts)
@@ -575,8 +633,12 @@ def write_cell(
     if save_all:
         write_ranked_images(out / "all", run, models, attempts, batch_size)
     write_attempts(out / "all", run)
-    write_sheet(out / "sheet.png", run, models, kept, thumb)
+    fidelity = measure_fidelity(reference, run, models, keep, batch_size) if reference else None
+    title = f"{run.cell.name} · {models.output_method}"
+    write_sheet(out / "sheet.png", title, sheet_rows(run, kept, fidelity, keep), thumb)
     metrics = cell_metrics(run, models, keep, prompt_list.skipped_empty)
+    if fidelity is not None:
+        metrics["fidelity"] = fidelity.metrics
     write_json_atomic(out / "metrics.json", metrics)
     write_json_atomic(out / "timing.json", timing(run))
     return {**metrics, "notes": run.notes}
@@ -592,7 +654,7 @@ def generate_command(args: Any) -> int:
             prompts, skipped = prompts + listed.prompts, listed.skipped_empty
         if not prompts:
             raise ValueError("give a prompt, or --prompts-file")
-        cell = SamplingCell(args.top_k, args.top_p, args.temperature, args.seed)
+        cell = SamplingCell(args.top_k, args.top_p, args.temperature, args.seed, args.guidance)
         if args.images < 1:
             raise ValueError(f"-n must be >= 1, got {args.images}")
         tokens = Path(args.tokens)
@@ -611,6 +673,7 @@ def generate_command(args: Any) -> int:
             attempts=args.images,
             keep_best=args.keep_best or args.images,
             batch_size=args.batch_size,
+            reference=load_reference(tokens),
         )
     except (ValueError, FileNotFoundError) as error:
         print(f"emojich generate: error: {error}", file=sys.stderr)

@@ -82,16 +82,36 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float = 1.0) -> torch
 
 
 def _sample(
-    logits: torch.Tensor, uniforms: torch.Tensor, top_k: int, top_p: float, temperature: float
+    logits: torch.Tensor,
+    uniforms: torch.Tensor,
+    top_k: int,
+    top_p: float,
+    temperature: float,
+    guided: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row by inverse CDF; returns (tokens, raw NLL of the tokens)."""
-    values, indices = _candidates(logits / temperature, top_k, top_p)
+    """Draw one token per row by inverse CDF; returns (tokens, raw NLL of the tokens).
+
+    `guided`, when given, are the logits to draw from (classifier-free guidance); the NLL is
+    always that of the model's own conditional `logits`, so scores stay comparable.
+    """
+    values, indices = _candidates((logits if guided is None else guided) / temperature, top_k, top_p)
     cdf = torch.cumsum(torch.softmax(values, dim=-1), dim=-1)
     # right=True: a zero-probability candidate (equal cdf to its predecessor) is never chosen.
     choice = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(1), right=True)
     tokens = indices.gather(1, choice.clamp_(max=values.shape[-1] - 1)).squeeze(1)
     nll = torch.logsumexp(logits, dim=-1) - logits.gather(1, tokens.unsqueeze(1)).squeeze(1)
     return tokens, nll
+
+
+def guide(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: move the logits away from the caption-free prediction.
+
+    `scale` 1 is the conditional model itself; above 1, what the caption adds is amplified.
+    Both are log-probabilities (normalised first), so the mix does not depend on logit offsets.
+    """
+    cond = torch.log_softmax(conditional, dim=-1)
+    uncond = torch.log_softmax(unconditional, dim=-1)
+    return uncond + scale * (cond - uncond)
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -281,6 +301,7 @@ def generate(
     batch_size: int = 16,
     dtype: torch.dtype | None = None,
     progress: bool = True,
+    guidance: float = 1.0,
 ) -> SampleResult:
     """Sample `images_num` images per caption.
 
@@ -288,8 +309,15 @@ def generate(
     `C * images_num` images, caption-major (image i belongs to caption `i // images_num`).
     Sampling: temperature, then top-k, then top-p, as released. `dtype` is the compute dtype
     (default: the weights' dtype; another one runs under autocast).
+
+    `guidance` > 1 turns on classifier-free guidance (not in the release): every image also runs
+    with an empty caption (all padding, what a model trained with caption dropout saw for "no
+    caption") in the same batch, and tokens are drawn from `guide(...)`. It costs a second
+    stream per image. Image i still depends only on (caption, settings, seed, i).
     """
     _check_sampling_args(top_k, top_p, temperature)
+    if not guidance >= 1.0:
+        raise ValueError(f"guidance must be >= 1 (1 = off), got {guidance!r}")
     if not isinstance(images_num, int) or images_num < 1:
         raise ValueError(f"images_num must be an integer >= 1, got {images_num!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -302,9 +330,10 @@ def generate(
     steps = cfg.image_seq_length
     batch_size = min(batch_size, total)
 
+    guided = guidance != 1.0
     was_training = model.training
     model.eval()
-    decoder = IncrementalDecoder(model, batch_size, dtype)
+    decoder = IncrementalDecoder(model, 2 * batch_size if guided else batch_size, dtype)
     codes = torch.empty(total, steps, dtype=torch.long)
     scores = torch.empty(total)
     bar = tqdm(total=total * steps, disable=not progress, desc="sampling", unit="tok")
@@ -315,13 +344,20 @@ def generate(
                 uniforms = _image_uniforms(seed, indices, steps).to(decoder.device)
                 batch_codes = torch.empty(len(indices), steps, dtype=torch.long, device=decoder.device)
                 nll = torch.zeros(len(indices), device=decoder.device)
-                logits = decoder.prefill(captions[[i // images_num for i in indices]])
+                text = captions[[i // images_num for i in indices]]
+                if guided:  # conditional rows first, then the same images without a caption
+                    text = torch.cat([text, torch.zeros_like(text)])
+                logits = decoder.prefill(text)
                 for j in range(steps):
-                    tokens, token_nll = _sample(logits, uniforms[:, j], top_k, top_p, temperature)
+                    conditional, mixed = logits, None
+                    if guided:
+                        conditional, unconditional = logits.chunk(2)
+                        mixed = guide(conditional, unconditional, guidance)
+                    tokens, token_nll = _sample(conditional, uniforms[:, j], top_k, top_p, temperature, mixed)
                     batch_codes[:, j] = tokens
                     nll += token_nll
                     if j + 1 < steps:
-                        logits = decoder.step(tokens)
+                        logits = decoder.step(torch.cat([tokens, tokens]) if guided else tokens)
                     bar.update(len(indices))
                 codes[start : start + len(indices)] = batch_codes.cpu()
                 scores[start : start + len(indices)] = (nll / steps).cpu()

@@ -65,6 +65,7 @@ class EvalParams:
     top_k: int = 64
     top_p: float = 0.99
     temperature: float = 1.0
+    guidance: float = 1.0  # classifier-free guidance scale for the sample sheets; 1 = off
     seed: int = 42
     max_val_pairs: int = 256
     caption_pairs: int = 32  # validation pairs scored for the caption loss (one forward per candidate)
@@ -75,6 +76,8 @@ class EvalParams:
 class FinetuneParams:
     model: ModelParams = dataclasses.field(default_factory=ModelParams)
     freeze: str = "none"  # none | attention-and-mlp (the report)
+    # Share of captions replaced by an empty one, for classifier-free guidance; 0 in the report.
+    caption_dropout: float = 0.0
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalParams = dataclasses.field(default_factory=EvalParams)
     device: str = "auto"
@@ -167,6 +170,7 @@ def sample_sheet(
         temperature=params.temperature,
         seed=params.seed,
         progress=False,
+        guidance=params.guidance,
     )
     images = to_uint8(vqgan.decode(result.codes))
     return image_grid(images, columns=params.images_per_prompt)
@@ -206,7 +210,9 @@ def finetune(params: FinetuneParams, tokens: Path = TOKENS, out: Path = OUT) -> 
     checkpoints.mkdir(exist_ok=True)
     key = run_key(params, tokens)
     key_file = checkpoints / "run.key"
-    trainer = Trainer(model, pair_loss(train, device), len(train), params.train, device)
+    trainer = Trainer(
+        model, pair_loss(train, device, params.caption_dropout), len(train), params.train, device
+    )
     if key_file.is_file() and key_file.read_text().strip() == key:
         trainer.resume(checkpoints)
     else:  # another run's leftovers: start clean
@@ -217,22 +223,24 @@ def finetune(params: FinetuneParams, tokens: Path = TOKENS, out: Path = OUT) -> 
 
     train_log = CsvLog(out / "plots" / "train.csv", ["step", "loss", "loss_text", "loss_image", "lr"])
     eval_log = CsvLog(
-        out / "plots" / "eval.csv", ["step", "val_loss", "val_loss_text", "val_loss_image", "caption_loss"]
+        out / "plots" / "eval.csv",
+        ["step", "val_loss", "val_loss_text", "val_loss_image", "caption_loss", "caption_top1"],
     )
     _restore_logs(out, trainer.step, train_log, eval_log)
 
     def evaluate(step: int) -> dict[str, float]:
         losses = validation_loss(model, val, params.train.batch_size, device) if len(val) else {}
-        cap = float("nan")
+        cap = {"loss": float("nan"), "top1": float("nan")}
         if len(val):
-            scored = val.head(params.eval.caption_pairs)
+            scored = val.spread(params.eval.caption_pairs)
             cap = caption_loss(model, scored, params.eval.caption_candidates, device, seed=params.eval.seed)
         row = {
             "step": step,
             "val_loss": losses.get("loss", float("nan")),
             "val_loss_text": losses.get("text", float("nan")),
             "val_loss_image": losses.get("image", float("nan")),
-            "caption_loss": cap,
+            "caption_loss": cap["loss"],
+            "caption_top1": cap["top1"],
         }
         eval_log.add(**row)
         save_png(
@@ -269,6 +277,7 @@ def finetune(params: FinetuneParams, tokens: Path = TOKENS, out: Path = OUT) -> 
         "model": variant,
         "preset": params.model.preset,
         "freeze": params.freeze,
+        "caption_dropout": params.caption_dropout,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "frozen_tensors": len(frozen["frozen"]),
         "parameters": model.num_parameters(),
@@ -281,6 +290,10 @@ def finetune(params: FinetuneParams, tokens: Path = TOKENS, out: Path = OUT) -> 
         "val_loss_text": final["val_loss_text"],
         "val_loss_image": final["val_loss_image"],
         "caption_loss": final["caption_loss"],
+        "caption_top1": final["caption_top1"],
+        "caption_top1_chance": round(
+            1.0 / min(params.eval.caption_candidates, max(len(set(val.captions)), 1)), 6
+        ),
         "caption_loss_chance": chance_caption_loss(
             min(params.eval.caption_candidates, len(set(val.captions)))
         )

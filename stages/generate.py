@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from emojich.device import resolve_device
+from emojich.fidelity.retrieval import load_reference
 from emojich.generation import (
     SamplingCell,
     load_models,
@@ -48,7 +49,7 @@ class GridParams:
 
 @dataclasses.dataclass
 class GenerateParams:
-    prompts: str = "prompts/appendix.txt"
+    prompts: str = "prompts/demo.txt"
     attempts: int = 8  # per prompt and cell; the report advises ~512 on a GPU
     keep_best: int = 4
     save_all: bool = False  # PNGs of every attempt too (all/ always has their codes and scores)
@@ -57,6 +58,8 @@ class GenerateParams:
     checkpoint: str = "data/finetune/model.safetensors"
     tokens: str = "data/tokens"  # bpe.json and vqgan.safetensors
     upscaler: str | None = "data/upscaled/rrdbnet.safetensors"
+    # Classifier-free guidance scale; 1 = off (the report). Needs a model trained with caption dropout.
+    guidance: float = 1.0
     threads: int = 0  # torch threads; 0 = torch default
     device: str = "auto"
     grid: GridParams = dataclasses.field(default_factory=GridParams)
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         params = from_dict(GenerateParams, load_section("generate", args.params), "generate")
-        cell = SamplingCell(args.top_k, args.top_p, args.temperature, args.seed)
+        cell = SamplingCell(args.top_k, args.top_p, args.temperature, args.seed, params.guidance)
         prompt_list = read_prompts(params.prompts)
         if params.threads > 0:
             torch.set_num_threads(params.threads)
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             save_all=params.save_all,
             batch_size=params.batch_size,
             thumb=params.sheet_thumb,
+            reference=load_reference(tokens),
         )
     except (ValueError, KeyError, FileNotFoundError) as error:
         # Bad parameters or missing inputs: one clear line, not a traceback.

@@ -115,8 +115,20 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path):
 
 def test_caption_loss_is_a_cross_entropy_over_candidates():
     model, pairs = _tiny_model_and_pairs(_tokenizer())
-    loss = caption_loss(model, pairs, candidates=4, device=torch.device("cpu"))
-    assert 0 < loss < 20
+    scored = caption_loss(model, pairs, candidates=4, device=torch.device("cpu"))
+    assert 0 < scored["loss"] < 20
+    assert 0.0 <= scored["top1"] <= 1.0
+
+
+def test_spread_takes_one_pair_per_caption_evenly():
+    """Rows come grouped by caption (skin tones, styles): scoring the first rows would score one
+    caption many times."""
+    tokenizer = _tokenizer()
+    captions = [c for c in ("кот", "собака", "сердце", "флаг", "огонь") for _ in range(4)]
+    pairs = build_pairs(captions, torch.zeros(len(captions), 16, dtype=torch.long), tokenizer, 8, 32)
+    assert pairs.head(4).captions == ["кот"] * 4
+    assert pairs.spread(10).captions == ["кот", "собака", "сердце", "флаг", "огонь"]
+    assert pairs.spread(2).captions == ["кот", "сердце"]
 
 
 def _upscaled_folder(root, count=30, size=32):
@@ -240,5 +252,31 @@ def test_caption_loss_prefers_the_caption_the_image_was_drawn_for():
     untrained = caption_loss(model, pairs, candidates=4, device=torch.device("cpu"))
     Trainer(model, pair_loss(pairs, torch.device("cpu")), len(pairs), config, torch.device("cpu")).run()
     trained = caption_loss(model, pairs, candidates=4, device=torch.device("cpu"))
-    assert abs(untrained - math.log(4)) < 0.3  # an untrained model is at chance
-    assert trained < 0.6 * math.log(4) and trained < untrained - 0.4
+    assert abs(untrained["loss"] - math.log(4)) < 0.3  # an untrained model is at chance
+    assert trained["loss"] < 0.6 * math.log(4) and trained["loss"] < untrained["loss"] - 0.4
+    assert trained["top1"] > untrained["top1"] and trained["top1"] >= 0.75
+
+
+def test_caption_dropout_trains_a_share_of_pairs_without_their_caption():
+    tokenizer = _tokenizer()
+    captions = ["круг", "квадрат"] * 200
+    pairs = build_pairs(captions, torch.zeros(len(captions), 16, dtype=torch.long), tokenizer, 8, 32)
+    seen = []
+
+    def model(text, codes, return_loss):
+        seen.append(text)
+        return torch.zeros(()), {}
+
+    indices = torch.arange(len(pairs))
+    pair_loss(pairs, torch.device("cpu"))(model, indices)
+    assert (seen[-1] != 0).any(dim=1).all()  # no dropout: every caption kept
+    torch.manual_seed(0)
+    pair_loss(pairs, torch.device("cpu"), caption_dropout=0.25)(model, indices)
+    empty = ~(seen[-1] != 0).any(dim=1)
+    assert 0.15 < empty.float().mean() < 0.35
+    assert torch.equal(seen[-1][~empty], pairs.text[~empty])  # the others are untouched
+    torch.manual_seed(0)  # the Trainer's checkpoints carry this generator: a resumed run drops the same
+    pair_loss(pairs, torch.device("cpu"), caption_dropout=0.25)(model, indices)
+    assert torch.equal(seen[-1], seen[-2])
+    with pytest.raises(ValueError, match="caption_dropout"):
+        pair_loss(pairs, torch.device("cpu"), caption_dropout=1.0)

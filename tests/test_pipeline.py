@@ -31,12 +31,20 @@ def test_repro_runs_every_stage(repo):
     finetune = json.loads((path / "data/finetune/metrics.json").read_text())
     assert finetune["steps"] == 4 and len(finetune["checkpoint_sha256"]) == 64
     assert (path / "data/finetune/samples/step_000004.png").is_file()
-    prompts = (path / "prompts/appendix.txt").read_text(encoding="utf-8").split("\n")
+    assert set(tokens) >= {"val_psnr_db", "val_delta_e", "codebook_used_fraction"}
+    assert (path / "data/tokens/thumbnails.safetensors").is_file()
+    prompts = (path / "prompts/demo.txt").read_text(encoding="utf-8").split("\n")
     prompts = [line for line in prompts if line.strip() and not line.startswith("#")]
     for cell in ("k8-p0.995-t1.0-s42", "k32-p0.995-t1.0-s42"):
         folder = path / "data/generated" / cell
         assert (folder / "sheet.png").is_file() and (folder / "metrics.json").is_file()
         assert len(list((folder / "kept").glob("*.png"))) == len(prompts)  # keep_best 1 per prompt
+        fidelity = json.loads((folder / "metrics.json").read_text())["fidelity"]
+        # The smoke catalogue holds the first 16 emoji only: the demo prompts are not in it.
+        assert fidelity["prompts_zero_shot"] + fidelity["prompts_train"] + fidelity[
+            "prompts_held_out"
+        ] == len(prompts)
+        assert fidelity["captions"] >= 10 and "real_val_top10" in fidelity
     stickers = json.loads((path / "data/stickers/metrics.json").read_text())
     assert stickers["count"] == 2 * len(prompts) and stickers["all_valid"], stickers
     assert (path / "data/stickers/pack/manifest.json").is_file()

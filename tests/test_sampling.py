@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from emojich.models.dalle import Dalle, DalleConfig
-from emojich.sampling import IncrementalDecoder, SampleResult, filter_logits, generate, key_segments
+from emojich.sampling import IncrementalDecoder, SampleResult, filter_logits, generate, guide, key_segments
 
 
 def _model(fmt: str = "v3", preset: str = "tiny", scale: float = 4.0, seed: int = 0) -> Dalle:
@@ -165,3 +165,37 @@ def test_bad_arguments() -> None:
         generate(model, text[:, :3], progress=False)
     with pytest.raises(ValueError, match="top_k"):
         filter_logits(torch.zeros(1, 4), top_k=0)
+
+
+def test_guidance_one_is_the_plain_sampler_and_guided_images_are_reproducible() -> None:
+    model = _model("v2")
+    text = _text(model.config)
+    kwargs = dict(images_num=3, top_k=16, top_p=0.95, seed=11, progress=False)
+    plain = generate(model, text, **kwargs)
+    assert torch.equal(generate(model, text, guidance=1.0, **kwargs).codes, plain.codes)
+    guided = generate(model, text, guidance=3.0, batch_size=3, **kwargs)
+    assert not torch.equal(guided.codes, plain.codes)
+    # An image depends on its own seed only, not on the batch it ran in, with guidance too.
+    assert torch.equal(generate(model, text, guidance=3.0, batch_size=1, **kwargs).codes, guided.codes)
+    with pytest.raises(ValueError, match="guidance"):
+        generate(model, text, guidance=0.5, **kwargs)
+
+
+def test_guidance_scores_stay_the_conditional_models_nll() -> None:
+    """Scores rank images by the model's own p(image | caption), whatever the sampler drew from."""
+    model = _model("v2")
+    cfg = model.config
+    text = _text(cfg)
+    result = generate(model, text, images_num=2, top_k=8, seed=1, guidance=2.5, progress=False)
+    with torch.no_grad():
+        logits = model(text.expand(2, -1), result.codes)[:, cfg.text_positions - 1 :, cfg.vocab_size :]
+    nll = -F.log_softmax(logits, dim=-1).gather(-1, result.codes.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(result.scores, nll.mean(dim=1), atol=1e-4, rtol=1e-4)
+
+
+def test_guide_amplifies_what_the_caption_adds() -> None:
+    conditional = torch.tensor([[2.0, 0.0, 0.0]])
+    unconditional = torch.tensor([[0.0, 0.0, 0.0]])
+    torch.testing.assert_close(guide(conditional, unconditional, 1.0), torch.log_softmax(conditional, -1))
+    strong = torch.softmax(guide(conditional, unconditional, 3.0), -1)
+    assert strong[0, 0] > torch.softmax(conditional, -1)[0, 0]
