@@ -89,18 +89,26 @@ def _model_device(model: RRDBNet) -> torch.device:
     return next(model.parameters()).device
 
 
+# Input pixels added on every side (edge-replicated) before super-resolution and cropped after.
+# The network zero-pads each convolution, so without context its outer pixels see black beyond
+# the border and come out darker: an emoji's white background gets a grey frame, which the
+# background removal then keeps as a halo.
+BORDER_CONTEXT = 4
+
+
 def sr_batch(model: RRDBNet, batch: torch.Tensor, tile: int = 0, tile_overlap: int = 8) -> torch.Tensor:
     """Super-resolve an NCHW batch in [0, 1]; tiles of `tile` input pixels when larger than that."""
     factor = model.unshuffle  # pixel-unshuffle models need sides divisible by this
     height, width = batch.shape[-2:]
-    pad_h, pad_w = (-height) % factor, (-width) % factor
-    if pad_h or pad_w:
-        batch = F.pad(batch, (0, pad_w, 0, pad_h), mode="replicate")
+    context = BORDER_CONTEXT
+    pad_h, pad_w = (-(height + 2 * context)) % factor, (-(width + 2 * context)) % factor
+    batch = F.pad(batch, (context, context + pad_w, context, context + pad_h), mode="replicate")
     if tile <= 0 or max(batch.shape[-2:]) <= tile:
         out = model(batch)
     else:
         out = _sr_tiled(model, batch, _round_up(tile, factor), _round_up(tile_overlap, factor))
-    return out[..., : height * model.scale, : width * model.scale]
+    scale = model.scale
+    return out[..., context * scale : (context + height) * scale, context * scale : (context + width) * scale]
 
 
 def _round_up(value: int, multiple: int) -> int:

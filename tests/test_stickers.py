@@ -148,3 +148,18 @@ def test_cli_auto_with_weights_uses_the_unet(tmp_path, capsys):
     assert main([*args, "--threshold", "1.01"]) == 0
     out = capsys.readouterr().out
     assert "below 1.01" in out and "method: contour" in out
+
+
+def test_a_contour_sticker_has_no_white_ring_around_its_outline():
+    """Anti-aliased red disc on white, as generated images are drawn: shown on a dark chat theme,
+    nothing around the disc is lighter than the disc itself (a white ring would light up its
+    green and blue channels)."""
+    from emojich.segment.contour import contour_alpha
+
+    image = np.full((128, 128, 3), 255, np.uint8)
+    cv2.circle(image, (64, 64), 40, (220, 30, 40), -1, lineType=cv2.LINE_AA)
+    sticker = np.asarray(make_sticker(image, contour_alpha(image))).astype(np.float32)
+    alpha = sticker[..., 3:] / 255
+    on_black = sticker[..., :3] * alpha
+    assert alpha.max() == 1.0 and (alpha == 0).any()  # cut out, not all or nothing
+    assert on_black[..., 1].max() <= 45 and on_black[..., 2].max() <= 55, on_black[..., 1:].max()

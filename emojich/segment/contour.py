@@ -13,10 +13,14 @@ by design:
   border region is fully opaque. Neither is an error.
 
 Edges are not cut hard. Generated images are anti-aliased against white, so an edge pixel is
-`p = a * c + (1 - a) * 255` for coverage `a` and the emoji colour `c`. Taking `c` from the
-nearest interior pixel gives `a = (255 - p) / (255 - c)`, which is the alpha used in a thin band
-on both sides of the cut. Where the nearby colour is itself almost white the ratio is unstable,
-and the hard cut is kept.
+`p = a * c + (1 - a) * 255` for coverage `a` and the emoji colour `c`, and in every channel
+`255 - p = a * (255 - c)`. With depth = 255 minus the darkest channel, `a = depth(p) / depth(c)`;
+`depth(c)` is taken as the deepest pixel within the band's reach, which is the emoji's own colour
+(or its dark outline) just inside the transition. The band is a fraction of the image side, not a
+fixed pixel count: a 64 px decode shown at 512 px has an edge transition about eight times as
+wide, and a band narrower than the transition leaves its light outer part opaque, the white ring
+a sticker would show on a dark chat theme. Where the nearby colour is itself almost white the
+ratio is unstable, and the hard cut is kept.
 """
 
 from __future__ import annotations
@@ -30,14 +34,19 @@ import numpy as np
 @dataclasses.dataclass
 class ContourConfig:
     white_threshold: int = 240  # a pixel is near-white when every channel is at least this
-    edge_px: float = 1.5  # half-width of the band around the cut that gets graded alpha
+    # Half-width of the graded band around the cut, as a fraction of the image's longer side
+    # (10 px at 512 px); never less than 1.5 px.
+    edge_fraction: float = 0.02
     min_contrast: int = 48  # reference colours closer than this to white keep the hard cut
 
     def __post_init__(self) -> None:
         if not 0 <= self.white_threshold <= 255:
             raise ValueError(f"white_threshold must be in [0, 255], got {self.white_threshold}")
-        if self.edge_px < 0:
-            raise ValueError(f"edge_px must be >= 0, got {self.edge_px}")
+        if not 0 <= self.edge_fraction < 0.5:
+            raise ValueError(f"edge_fraction must be in [0, 0.5), got {self.edge_fraction}")
+
+    def band_px(self, height: int, width: int) -> float:
+        return 0.0 if self.edge_fraction == 0 else max(1.5, self.edge_fraction * max(height, width))
 
 
 def border_background(rgb: np.ndarray, white_threshold: int = 240) -> np.ndarray:
@@ -53,19 +62,6 @@ def border_background(rgb: np.ndarray, white_threshold: int = 240) -> np.ndarray
     return np.isin(labels, border_labels)
 
 
-def _nearest_colour(rgb: np.ndarray, sources: np.ndarray) -> np.ndarray:
-    """For every pixel, the colour of the nearest pixel where `sources` is true ([H, W, 3])."""
-    # distanceTransformWithLabels measures distance to zero pixels and labels each pixel with
-    # the zero pixel it is nearest to; a lookup from label to flat index recovers its colour.
-    _, labels = cv2.distanceTransformWithLabels(
-        (~sources).astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
-    )
-    source_index = np.flatnonzero(sources)
-    lookup = np.zeros(labels.max() + 1, np.int64)
-    lookup[labels.ravel()[source_index]] = source_index
-    return rgb.reshape(-1, 3)[lookup[labels]]
-
-
 def contour_alpha(rgb: np.ndarray, config: ContourConfig | None = None) -> np.ndarray:
     """uint8 alpha [H, W] for an RGB image composited on white (255 opaque, 0 transparent)."""
     config = config or ContourConfig()
@@ -73,24 +69,19 @@ def contour_alpha(rgb: np.ndarray, config: ContourConfig | None = None) -> np.nd
         raise ValueError(f"expected uint8 RGB [H, W, 3], got {rgb.dtype} {rgb.shape}")
     background = border_background(rgb, config.white_threshold)
     alpha = np.where(background, 0, 255).astype(np.uint8)
-    if not background.any() or background.all() or config.edge_px == 0:
+    band_px = config.band_px(*rgb.shape[:2])
+    if not background.any() or background.all() or band_px == 0:
         return alpha
 
     foreground = (~background).astype(np.uint8)
     to_background = cv2.distanceTransform(foreground, cv2.DIST_L2, 3)  # 0 on the background
     to_foreground = cv2.distanceTransform(1 - foreground, cv2.DIST_L2, 3)  # 0 on the foreground
-    band = (foreground.astype(bool) & (to_background <= config.edge_px)) | (background & (to_foreground <= 1))
-    interior = foreground.astype(bool) & (to_background > config.edge_px)
-    if not interior.any():  # strokes thinner than the band: nothing to take a colour from
-        return alpha
+    band = (foreground.astype(bool) & (to_background <= band_px)) | (background & (to_foreground <= 1))
 
-    reference = _nearest_colour(rgb, interior).astype(np.float32)
-    pixels = rgb.astype(np.float32)
-    # Measure coverage on the channel where the reference colour differs most from white.
-    channel = np.argmin(reference, axis=-1)[..., None]
-    ref_depth = 255 - np.take_along_axis(reference, channel, axis=-1)[..., 0]
-    pix_depth = 255 - np.take_along_axis(pixels, channel, axis=-1)[..., 0]
-    coverage = np.clip(pix_depth / np.maximum(ref_depth, 1), 0, 1)
-    graded = band & (ref_depth >= config.min_contrast)
+    depth = (255 - rgb.min(axis=-1)).astype(np.float32)
+    reach = 2 * int(np.ceil(band_px)) + 1
+    reference = cv2.dilate(depth, np.ones((reach, reach), np.uint8))  # deepest pixel nearby
+    coverage = np.clip(depth / np.maximum(reference, 1), 0, 1)
+    graded = band & (reference >= config.min_contrast)
     alpha[graded] = np.rint(coverage[graded] * 255).astype(np.uint8)
     return alpha
