@@ -71,6 +71,30 @@ class PairSet:
         return PairSet(self.text[rows], self.codes[rows], [self.captions[r] for r in rows], 0)
 
 
+SKIN_TONES = ("1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff")  # Fitzpatrick modifiers, as in image ids
+
+
+def limit_per_caption(ids: Sequence[str], captions: Sequence[str], per_caption: int) -> list[int]:
+    """Row indices keeping at most `per_caption` images of each caption (0 keeps all).
+
+    Skin-tone variants share their caption: in the offline catalogue 315 captions have 12 images
+    each (6 tones x 2 styles), nearly half of all images, so unweighted training spends half its
+    steps on people in five skin tones and draws everything as a brown figure. Kept first: images
+    without a tone modifier, then by id, so each style's default rendering is the one kept.
+    """
+    if per_caption <= 0:
+        return list(range(len(ids)))
+    by_caption: dict[str, list[int]] = {}
+    for row, caption in enumerate(captions):
+        by_caption.setdefault(caption, []).append(row)
+
+    def preference(row: int) -> tuple[int, str]:
+        return sum(tone in ids[row] for tone in SKIN_TONES), ids[row]
+
+    kept = [row for rows in by_caption.values() for row in sorted(rows, key=preference)[:per_caption]]
+    return sorted(kept)
+
+
 def build_pairs(
     captions: Sequence[str],
     codes: torch.Tensor,

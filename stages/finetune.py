@@ -32,6 +32,7 @@ from emojich.finetune import (
     caption_loss,
     chance_caption_loss,
     freeze_for_finetune,
+    limit_per_caption,
     pair_loss,
     validation_loss,
 )
@@ -78,6 +79,8 @@ class FinetuneParams:
     freeze: str = "none"  # none | attention-and-mlp (the report)
     # Share of captions replaced by an empty one, for classifier-free guidance; 0 in the report.
     caption_dropout: float = 0.0
+    # Training images kept per caption, default renderings first (`limit_per_caption`); 0 = all.
+    images_per_caption: int = 0
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalParams = dataclasses.field(default_factory=EvalParams)
     device: str = "auto"
@@ -119,13 +122,14 @@ def build_model(params: ModelParams, tokenizer: TextTokenizer, vqgan: VQGan) -> 
     return Dalle(cfg), f"dalle-{params.preset}-from-scratch"
 
 
-def read_split(tokens: Path) -> tuple[list[str], list[str], torch.Tensor]:
+def read_split(tokens: Path) -> tuple[list[dict[str, str]], torch.Tensor]:
+    """index.csv's rows (id, split, caption) and the codes, row-aligned."""
     with open(tokens / "index.csv", encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     codes = load_file(str(tokens / "codes.safetensors"))["codes"]
     if len(rows) != len(codes):
         raise ValueError(f"index.csv has {len(rows)} rows but codes.safetensors {len(codes)}")
-    return [r["split"] for r in rows], [r["caption"] for r in rows], codes
+    return rows, codes
 
 
 # The code that decides what a training step computes: a checkpoint made by other code is not resumed.
@@ -178,7 +182,8 @@ def sample_sheet(
 
 def finetune(params: FinetuneParams, tokens: Path = TOKENS, out: Path = OUT) -> dict:
     device = resolve_device(params.device)
-    splits, captions, codes = read_split(tokens)
+    index, codes = read_split(tokens)
+    captions = [row["caption"] for row in index]
     tokenizer = TextTokenizer.load(tokens / "bpe.json")
     vqgan = VQGan.load(tokens / "vqgan.safetensors").eval()
     torch.manual_seed(params.train.seed)
@@ -187,14 +192,16 @@ def finetune(params: FinetuneParams, tokens: Path = TOKENS, out: Path = OUT) -> 
     frozen = freeze_for_finetune(model, params.freeze)
     cfg = model.config
 
-    def subset(split: str, limit: int | None = None) -> PairSet:
-        rows = [i for i, s in enumerate(splits) if s == split][:limit]
+    def subset(split: str, per_caption: int = 0, limit: int | None = None) -> PairSet:
+        rows = [i for i, row in enumerate(index) if row["split"] == split]
+        keep = limit_per_caption([index[i]["id"] for i in rows], [captions[i] for i in rows], per_caption)
+        rows = [rows[k] for k in keep][:limit]
         return build_pairs(
             [captions[i] for i in rows], codes[rows], tokenizer, cfg.text_seq_length, cfg.image_vocab_size
         )
 
-    train = subset("train")
-    val = subset("val", params.eval.max_val_pairs)
+    train = subset("train", params.images_per_caption)
+    val = subset("val", limit=params.eval.max_val_pairs)
     if len(train) == 0:
         raise ValueError("the training split is empty: nothing to fine-tune on")
     log.info(
@@ -278,6 +285,7 @@ def finetune(params: FinetuneParams, tokens: Path = TOKENS, out: Path = OUT) -> 
         "preset": params.model.preset,
         "freeze": params.freeze,
         "caption_dropout": params.caption_dropout,
+        "images_per_caption": params.images_per_caption,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "frozen_tensors": len(frozen["frozen"]),
         "parameters": model.num_parameters(),

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from emojich.finetune import build_pairs, caption_loss, freeze_for_finetune, pair_loss
+from emojich.finetune import build_pairs, caption_loss, freeze_for_finetune, limit_per_caption, pair_loss
 from emojich.layout import IMAGES_DIR, RGB_KIND, UPSCALED_PREFIX
 from emojich.models.checkpoints import CheckpointError
 from emojich.models.dalle import Dalle, DalleConfig
@@ -280,3 +280,19 @@ def test_caption_dropout_trains_a_share_of_pairs_without_their_caption():
     assert torch.equal(seen[-1], seen[-2])
     with pytest.raises(ValueError, match="caption_dropout"):
         pair_loss(pairs, torch.device("cpu"), caption_dropout=1.0)
+
+
+def test_limit_per_caption_keeps_each_styles_default_rendering():
+    ids = [
+        "openmoji-1f44b",
+        "openmoji-1f44b-1f3fb",
+        "twemoji-1f44b-1f3ff",
+        "twemoji-1f44b",
+        "openmoji-1f468-1f3fb-200d-1f373",  # sorts before its untoned twin
+        "openmoji-1f468-200d-1f373",
+        "twemoji-2764",
+    ]
+    captions = ["машущая рука"] * 4 + ["мужчина повар"] * 2 + ["сердце"]
+    assert limit_per_caption(ids, captions, 0) == list(range(7))
+    assert limit_per_caption(ids, captions, 2) == [0, 3, 4, 5, 6]
+    assert limit_per_caption(ids, captions, 1) == [0, 5, 6]

@@ -106,6 +106,7 @@ def _write(
         (dict(temperature=0.0), "temperature must be > 0"),
         (dict(temperature=-1.0), "temperature must be > 0"),
         (dict(seed=-1), "seed must be a non-negative integer"),
+        (dict(guidance=0.5), "guidance must be >= 1"),
     ],
 )
 def test_bad_sampling_settings_are_clear_errors(kwargs, message):
@@ -222,6 +223,25 @@ def test_a_cell_writes_ranked_512px_images_sidecars_sheet_and_metrics(models, tm
     assert any("truncated" in note for note in metrics["notes"])
 
 
+def test_a_cell_with_a_reference_measures_caption_retrieval_and_records_guidance(models, tmp_path):
+    from emojich.fidelity.retrieval import Reference, thumbnails
+
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=generator)
+    captions = ["зима в горах"] * 2 + ["кот"] * 2 + ["сердце"] * 2
+    reference = Reference.build(thumbnails(real), captions, ["train", "train", "val", "val", "train", "train"])
+    cell = SamplingCell(16, 0.995, 1.0, 42, guidance=2.0)
+    prompts = PromptList(["зима в горах", "кот", "ёжик в тумане"], 0)
+    metrics = write_cell(tmp_path, models, prompts, cell, 4, 2, progress=False, reference=reference)
+    fidelity = metrics["fidelity"]
+    assert (fidelity["prompts_train"], fidelity["prompts_held_out"], fidelity["prompts_zero_shot"]) == (1, 1, 1)
+    assert 1 <= fidelity["train_median_rank"] <= 3 and 1 <= fidelity["held_out_median_rank"] <= 3
+    assert fidelity["captions"] == 3 and "real_val_top10" in fidelity
+    assert json.loads((tmp_path / "metrics.json").read_text())["guidance"] == 2.0
+    sidecar = json.loads(next((tmp_path / "kept").glob("*.json")).read_text(encoding="utf-8"))
+    assert sidecar["guidance"] == 2.0
+
+
 def test_same_seed_gives_identical_files_and_another_seed_other_images(models, tmp_path):
     _write(models, tmp_path / "a")
     _write(models, tmp_path / "b")
@@ -331,6 +351,7 @@ def test_cli_generates_with_the_published_defaults(assets, tmp_path, capsys):
         (["ёж", "--top-p", "0"], "top_p must be in (0, 1]"),
         (["ёж", "--top-k", "0"], "top_k must be an integer >= 1"),
         (["ёж", "--temperature", "-1"], "temperature must be > 0"),
+        (["ёж", "--guidance", "0"], "guidance must be >= 1"),
     ],
 )
 def test_cli_bad_input_is_one_clear_error(assets, tmp_path, capsys, args, message):
