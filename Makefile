@@ -1,5 +1,6 @@
 # Everything a fresh machine needs: Python >= 3.11 and network access to the package registry.
-# `make repro` and `make test` bootstrap the environment themselves from the committed uv.lock.
+# `make repro` and `make test` bootstrap the environment themselves from the committed uv.lock
+# (with the `bot` extra: the Telegram bot and its tests).
 
 PYTHON ?= python3
 UV_VERSION := 0.13.8
@@ -24,7 +25,7 @@ $(UV):
 	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 $(STAMP): uv.lock pyproject.toml | $(UV)
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen --extra bot --python $(PYTHON)
 	@touch $@
 
 repro: setup
