@@ -2,7 +2,8 @@
 
 Telegram's rules for static stickers: PNG or WEBP, one side exactly 512 px and the other at
 most 512, at most 512 KB, with transparency. `check_telegram_sticker` tests exactly these, and
-every sticker written here is re-encoded until it passes.
+every sticker written here is re-encoded until it passes. A set's thumbnail is 100 x 100 and at
+most 128 KB, in the format of the set's stickers (`make_thumbnail`, `thumbnail_problems`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from emojich.storage import sha256_bytes, sha256_file, write_bytes_atomic, write
 
 STICKER_SIDE = 512
 MAX_STICKER_BYTES = 512 * 1024
+THUMBNAIL_SIDE = 100
+MAX_THUMBNAIL_BYTES = 128 * 1024
 FORMATS = ("webp", "png")
 
 # Encodings tried in order until one fits; lossless first, as most emojis are flat colour and
@@ -106,27 +109,69 @@ def encode_sticker(image: Image.Image, fmt: str = "webp", max_bytes: int = MAX_S
     raise ValueError(f"no {fmt} encoding fits in {max_bytes} bytes ({', '.join(sizes)})")
 
 
-def check_telegram_sticker(path: str | os.PathLike[str]) -> list[str]:
-    """Every way the file breaks Telegram's static sticker rules; empty when it is usable."""
-    path = Path(path)
-    problems = []
-    size = path.stat().st_size
-    if size > MAX_STICKER_BYTES:
-        problems.append(f"file is {size} bytes, over {MAX_STICKER_BYTES}")
+def _image_facts(data: bytes) -> tuple[str | None, tuple[int, int], str, dict] | str:
+    """(format, size, mode, info) of an encoded image, or why it cannot be read."""
     try:
-        with Image.open(path) as image:
-            fmt, (width, height), mode, info = image.format, image.size, image.mode, dict(image.info)
+        with Image.open(io.BytesIO(data)) as image:
+            return image.format, image.size, image.mode, dict(image.info)
     except Exception as error:  # Pillow raises several types for unreadable files
-        return [*problems, f"unreadable image: {error}"]
+        return f"unreadable image: {error}"
+
+
+def _has_alpha(mode: str, info: dict) -> bool:
+    return mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in info
+
+
+def sticker_problems(data: bytes) -> list[str]:
+    """Every way an encoded file breaks Telegram's static sticker rules; empty when it is usable."""
+    problems = []
+    if len(data) > MAX_STICKER_BYTES:
+        problems.append(f"file is {len(data)} bytes, over {MAX_STICKER_BYTES}")
+    facts = _image_facts(data)
+    if isinstance(facts, str):
+        return [*problems, facts]
+    fmt, (width, height), mode, info = facts
     if fmt not in ("PNG", "WEBP"):
         problems.append(f"format is {fmt}, not PNG or WEBP")
     if STICKER_SIDE not in (width, height):
         problems.append(f"size {width}x{height}: no side is exactly {STICKER_SIDE}")
     if max(width, height) > STICKER_SIDE:
         problems.append(f"size {width}x{height}: a side exceeds {STICKER_SIDE}")
-    if mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in info:
+    if not _has_alpha(mode, info):
         problems.append(f"mode {mode} has no alpha channel")
     return problems
+
+
+def check_telegram_sticker(path: str | os.PathLike[str]) -> list[str]:
+    """Every way the file breaks Telegram's static sticker rules; empty when it is usable."""
+    return sticker_problems(Path(path).read_bytes())
+
+
+def thumbnail_problems(data: bytes) -> list[str]:
+    """Every way an encoded file breaks the rules for a static set's thumbnail (100 x 100, <= 128 KB)."""
+    problems = []
+    if len(data) > MAX_THUMBNAIL_BYTES:
+        problems.append(f"thumbnail is {len(data)} bytes, over {MAX_THUMBNAIL_BYTES}")
+    facts = _image_facts(data)
+    if isinstance(facts, str):
+        return [*problems, facts]
+    fmt, size, _, _ = facts
+    if fmt not in ("PNG", "WEBP"):
+        problems.append(f"thumbnail format is {fmt}, not PNG or WEBP")
+    if size != (THUMBNAIL_SIDE, THUMBNAIL_SIDE):
+        problems.append(f"thumbnail size {size[0]}x{size[1]}, not {THUMBNAIL_SIDE}x{THUMBNAIL_SIDE}")
+    return problems
+
+
+def make_thumbnail(sticker: Image.Image, fmt: str = "webp") -> Encoded:
+    """A set thumbnail from a sticker: 100 x 100, transparent padding kept, same format as the set."""
+    image = sticker.convert("RGBA")
+    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
+    if image.size != (THUMBNAIL_SIDE, THUMBNAIL_SIDE):
+        canvas = Image.new("RGBA", (THUMBNAIL_SIDE, THUMBNAIL_SIDE), (0, 0, 0, 0))
+        canvas.paste(image, ((THUMBNAIL_SIDE - image.width) // 2, (THUMBNAIL_SIDE - image.height) // 2))
+        image = canvas
+    return encode_sticker(image, fmt, MAX_THUMBNAIL_BYTES)
 
 
 def write_sticker(
