@@ -65,9 +65,10 @@ def setup_logging(token: str, level: str = "INFO", stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # httpx logs every request URL at INFO; APScheduler logs every queue look-up.
+    # httpx logs every request URL at INFO; APScheduler logs every queue look-up. At DEBUG they
+    # speak too, and the formatter keeps the token out of what they say.
     for noisy in ("httpx", "httpcore", "apscheduler"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
 
 
 def _token_counter(info: ModelInfo) -> Callable[[str], int]:

@@ -5,7 +5,7 @@ processes (dispatch.py, maker.py), so every handler returns within milliseconds 
 keeps answering while a job runs.
 
 Handler order matters (group 0, first match wins): the always-available commands, then the
-conversation, then the catch-alls for stale buttons, stray text, unknown commands and files.
+conversation, then the catch-alls for stale buttons, unknown commands and files.
 """
 
 from __future__ import annotations
@@ -140,6 +140,16 @@ class Handlers:
         await update.effective_message.reply_text(texts.PACK_STARTED.format(title=title))
         return CAPTION
 
+    async def resume(self, update: Update, context: Context) -> int:
+        """Text outside any state: an emoji for a picked candidate, a caption for an open set, or a hint."""
+        user = update.effective_user.id
+        if self.store.latest_job(user, ("picked",)) is not None:
+            return await self.emoji_text(update, context)
+        if self.store.open_pack(user) is not None:
+            return await self.caption(update, context)
+        await update.effective_message.reply_text(texts.NO_PACK)
+        return END
+
     async def caption(self, update: Update, context: Context) -> int:
         user = update.effective_user.id
         message = update.effective_message
@@ -257,9 +267,6 @@ class Handlers:
     async def stale_button(self, update: Update, context: Context) -> None:
         await self._stale(update, context)
 
-    async def text_without_pack(self, update: Update, context: Context) -> None:
-        await update.effective_message.reply_text(texts.NO_PACK)
-
     async def unknown_command(self, update: Update, context: Context) -> None:
         await update.effective_message.reply_text(texts.UNKNOWN_COMMAND)
 
@@ -306,32 +313,38 @@ def add_handlers(application: Application, handlers: Handlers) -> None:
         ("mypacks", handlers.mypacks),
     ):
         application.add_handler(CommandHandler(name, callback))
+    buttons = [
+        CallbackQueryHandler(handlers.candidate_button, pattern=r"^(pick|regen|skip):"),
+        CallbackQueryHandler(handlers.emoji_button, pattern=r"^emoji:"),
+    ]
     with warnings.catch_warnings():
         # PTB warns that with per_message=False a CallbackQueryHandler is tracked per chat, not per
         # message: intended here, as buttons carry their job id and are checked against the Store.
         warnings.filterwarnings("ignore", category=PTBUserWarning, message=".*per_message.*")
         conversation = ConversationHandler(
-            entry_points=[CommandHandler("newpack", handlers.newpack)],
+            # Buttons and text also *enter* the conversation: a state lost in a crash (states are
+            # saved every second) is then rebuilt from the Store, which is saved at once.
+            entry_points=[
+                CommandHandler("newpack", handlers.newpack),
+                *buttons,
+                MessageHandler(text, handlers.resume),
+            ],
             states={
                 TITLE: [MessageHandler(text, handlers.title)],
-                CAPTION: [
-                    MessageHandler(text, handlers.caption),
-                    CallbackQueryHandler(handlers.candidate_button, pattern=r"^(pick|regen|skip):"),
-                ],
-                EMOJI: [
-                    MessageHandler(text, handlers.emoji_text),
-                    CallbackQueryHandler(handlers.emoji_button, pattern=r"^emoji:"),
-                ],
+                CAPTION: [MessageHandler(text, handlers.caption)],
+                EMOJI: [MessageHandler(text, handlers.emoji_text)],
             },
-            fallbacks=[CommandHandler("cancel", handlers.cancel)],
-            allow_reentry=True,
+            fallbacks=[
+                CommandHandler("cancel", handlers.cancel),
+                CommandHandler("newpack", handlers.newpack),
+                *buttons,
+            ],
             name=CONVERSATION,
             persistent=True,
         )
     application.add_handler(conversation)
     application.add_handler(CommandHandler("cancel", handlers.cancel))
     application.add_handler(CallbackQueryHandler(handlers.stale_button))
-    application.add_handler(MessageHandler(filters.UpdateType.MESSAGE & text, handlers.text_without_pack))
     application.add_handler(
         MessageHandler(filters.UpdateType.MESSAGE & filters.COMMAND, handlers.unknown_command)
     )
