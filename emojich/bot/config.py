@@ -36,7 +36,7 @@ class BotParams:
     sticker_format: str = "webp"  # webp | png
     state_dir: str = "data/bot"  # SQLite state, candidates and stickers with their sidecars
     segment_weights: str | None = "data/segment/unet.safetensors"  # null or missing: contour only
-    threads: int = 2  # torch threads in each worker process; 0 = torch default
+    threads: int = 1  # torch threads in each worker process; 0 = torch default
     poll_timeout: int = 10  # seconds a getUpdates long poll waits
 
     def __post_init__(self) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import json
+import logging
 import multiprocessing
 import os
 import threading
@@ -196,6 +197,9 @@ def _exit_with_parent(parent: int) -> None:
 
 def _initialise(task: Task, parent: int) -> None:
     global _TASK
+    # The library's warnings (a clamped top_k, a Latin-only caption) reach the bot's log this way;
+    # workers never see the token, so they need no redaction.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s (worker): %(message)s")
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     _TASK = task
 
