@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 # Stage commands in dvc.yaml call `python`: it must be the project environment's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test lint dag clean-env
+.PHONY: setup repro test lint dag bot clean-env
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ lint: setup
 
 dag: setup
 	$(VENV)/bin/dvc dag
+
+# The Telegram bot (README, "Telegram bot"); needs the pipeline's outputs and a token file.
+BOT_TOKEN_FILE ?= $(HOME)/.config/emojich/bot-token
+bot: setup
+	$(VENV)/bin/emojich bot --token-file $(BOT_TOKEN_FILE)
 
 clean-env:
 	rm -rf $(TOOLS) $(VENV)
