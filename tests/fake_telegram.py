@@ -425,7 +425,7 @@ class FakeTelegram:
         return {"file_id": file_id, "file_unique_id": f"u{file_id}", "file_size": len(facts.data)}
 
     def _input_sticker(self, item: dict, files: dict) -> dict:
-        reference = item.get("sticker", "")
+        reference = item.get("sticker") or ""
         if reference.startswith("attach://"):
             facts = _image_facts(files.get(reference.removeprefix("attach://"), b""))
             file_id = f"sticker{next(self._ids)}"
