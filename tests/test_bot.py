@@ -244,7 +244,8 @@ def test_stale_buttons_are_answered_and_removed(fake, bot):
     )
     # Someone else's button, and a job that never existed.
     assert _pressed(fake, other, new, _button(new, "pick:")).params.get("text") == texts.STALE_BUTTON
-    assert _pressed(fake, user, new, "pick:999999:1").params.get("text") == texts.STALE_BUTTON
+    for data in ("pick:999999:1", "pick:x:y", "pick", _pick(new, 9), "emoji:1:not-an-emoji"):
+        assert _pressed(fake, user, new, data).params.get("text") == texts.STALE_BUTTON, data
     # The live one still works, once; pressing it again is stale.
     data = _button(new, "pick:")
     assert _pressed(fake, user, new, data).params.get("text") is None

@@ -204,17 +204,16 @@ class Handlers:
         await message.reply_text(reply)
         context.job_queue.run_once(self.dispatcher.pump, 0)
 
-    async def candidate_button(self, update: Update, context: Context) -> int:
+    async def candidate_button(self, update: Update, context: Context) -> int | None:
         query = update.callback_query
-        action, _, rest = query.data.partition(":")
-        job = self._live_job(update, rest.split(":")[0], "delivered")
-        if job is None:
+        action, job_id, number = _button_data(query.data)
+        job = self._live_job(update, job_id, "delivered")
+        if job is None or (action == "pick" and not 1 <= number <= len(job.candidates)):
             return await self._stale(update, context)
-        await query.answer()
         if action == "pick":
-            number = int(rest.split(":")[1])
-            if not 1 <= number <= len(job.candidates) or not self.store.pick(job.id, number):
+            if not self.store.pick(job.id, number):
                 return await self._stale(update, context)
+            await query.answer()
             await query.edit_message_text(texts.PICKED.format(number=number))
             proposals = propose_emoji(job.caption)
             keyboard = InlineKeyboardMarkup(
@@ -224,6 +223,7 @@ class Handlers:
             return EMOJI
         if not self.store.set_status(job.id, "skipped", only_from=("delivered",)):
             return await self._stale(update, context)
+        await query.answer()
         await query.edit_message_reply_markup(None)
         if action == "regen":
             await self._enqueue(update, context, job.pack_id, job.caption, job.latin_only)
@@ -244,16 +244,20 @@ class Handlers:
             return EMOJI
         return await self._make(update, context, job, emoji)
 
-    async def emoji_button(self, update: Update, context: Context) -> int:
-        _, job_id, char = update.callback_query.data.split(":", 2)
+    async def emoji_button(self, update: Update, context: Context) -> int | None:
+        _, job_id, char = [*update.callback_query.data.split(":", 2), "", ""][:3]
         job = self._live_job(update, job_id, "picked")
+        try:
+            parse_emoji_list(char)
+        except RuleError:
+            job = None
         if job is None:
             return await self._stale(update, context)
         await update.callback_query.answer()
         await update.callback_query.edit_message_reply_markup(None)
         return await self._make(update, context, job, [char])
 
-    async def _make(self, update: Update, context: Context, job: Job, emoji: list[str]) -> int:
+    async def _make(self, update: Update, context: Context, job: Job, emoji: list[str]) -> int | None:
         if not self.store.start_making(job.id, emoji):
             return await self._stale(update, context)
         await update.effective_message.reply_text(texts.MAKING)
@@ -302,6 +306,12 @@ class Handlers:
     async def _drop_keyboard(self, chat_id: int, message_id: int, context: Context) -> None:
         with contextlib.suppress(BadRequest):  # already without a keyboard
             await context.bot.edit_message_reply_markup(chat_id, message_id, reply_markup=None)
+
+
+def _button_data(data: str) -> tuple[str, str, int]:
+    """`pick:12:3` -> ("pick", "12", 3); missing or malformed parts come back empty or 0."""
+    action, job_id, number = [*data.split(":"), "", ""][:3]
+    return action, job_id, int(number) if number.isdigit() else 0
 
 
 def add_handlers(application: Application, handlers: Handlers) -> None:
