@@ -25,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' fake Bot API
 
-from emojich.bot.app import BotRun  # noqa: E402
-from emojich.bot.config import load_config  # noqa: E402
-from tests.bot_harness import TOKEN, BotThread  # noqa: E402
-from tests.fake_telegram import FakeTelegram  # noqa: E402
+from emojich.bot.app import BotRun
+from emojich.bot.config import load_config
+from tests.bot_harness import TOKEN, BotThread
+from tests.fake_telegram import FakeTelegram
 
 CAPTIONS = ("кошка улыбается", "красное сердце", "розовая альпака", "зима в горах", "кролик синего цвета")
 
@@ -67,7 +67,9 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.params)
     with tempfile.TemporaryDirectory(prefix="emojich-bot-bench-") as state:
-        config = dataclasses.replace(config, params=dataclasses.replace(config.params, state_dir=state, poll_timeout=1))
+        config = dataclasses.replace(
+            config, params=dataclasses.replace(config.params, state_dir=state, poll_timeout=1)
+        )
         fake = FakeTelegram(TOKEN).start()
         started = time.monotonic()
         bot = BotThread(BotRun(config, TOKEN, fake.api_url)).start(timeout=600)

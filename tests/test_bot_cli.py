@@ -32,6 +32,11 @@ def test_a_missing_token_is_a_clear_error(project, capsys):
     assert "does not exist" in _error(capsys, ["bot", "--token-file", "nope.txt"])
 
 
+def test_the_api_url_must_be_http(project, capsys, monkeypatch):
+    monkeypatch.setenv("EMOJICH_BOT_TOKEN", TOKEN)
+    assert "must be an http:// or https:// URL" in _error(capsys, ["bot", "--api-url", "127.0.0.1:8081/bot"])
+
+
 def test_a_malformed_token_is_refused_without_echoing_it(project, capsys):
     (project / "token").write_text("my-secret-but-wrong")
     err = _error(capsys, ["bot", "--token-file", "token"])

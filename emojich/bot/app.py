@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from telegram import BotCommand, Update
+from telegram.error import InvalidToken, NetworkError
 from telegram.ext import AIORateLimiter, Application
 
 from emojich.bot.config import TELEGRAM_API_URL, BotConfig, file_url_for, load_config, read_token
@@ -145,6 +146,8 @@ def check_models(config: BotConfig) -> None:
 def bot_command(args: Any) -> int:
     """`emojich bot`: validate everything that can be wrong before serving, then poll until stopped."""
     try:
+        if not args.api_url.startswith(("http://", "https://")):
+            raise ValueError(f"--api-url must be an http:// or https:// URL, got {args.api_url!r}")
         token = read_token(args.token_file)
         config = load_config(args.params)
         check_models(config)
@@ -161,5 +164,12 @@ def bot_command(args: Any) -> int:
             loop.add_signal_handler(sig, stop.set)
         await run_bot(run, stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except InvalidToken:
+        print(f"emojich bot: error: {args.api_url} refused the token", file=sys.stderr)
+        return 2
+    except NetworkError as error:  # the server cannot be reached at start-up
+        print(f"emojich bot: error: {args.api_url}: {error}", file=sys.stderr)
+        return 1
     return 0
