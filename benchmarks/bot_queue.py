@@ -37,18 +37,23 @@ def _has_candidates(message: dict) -> bool:
     return "pick:" in json.dumps(message.get("reply_markup", {}))
 
 
-def _round(fake: FakeTelegram, users: list[int]) -> list[dict]:
+def _round(fake: FakeTelegram, users: list[int], captions: list[str]) -> list[dict]:
     """All `users` send a caption in one burst; when did each hear back, and get candidates?"""
     marks = {user: fake.last_id(user) for user in users}
     sent = time.monotonic()
     for index, user in enumerate(users):
-        fake.send(user, CAPTIONS[index % len(CAPTIONS)])
+        fake.send(user, captions[index % len(captions)])
+    replies = {}
+    for user in users:
+        reply = fake.wait_for_message(user, lambda message: "text" in message, timeout=600, after=marks[user])
+        replies[user] = (reply["text"], time.monotonic() - sent)
+        if "Подпись принята" not in reply["text"]:
+            raise SystemExit(f"the bot refused the caption: {reply['text']}")
     rows = []
     for user in users:
-        reply = fake.wait_for_text(user, "Подпись принята", timeout=600, after=marks[user])
-        replied = time.monotonic() - sent
         fake.wait_for_message(user, _has_candidates, timeout=600, after=marks[user])
-        place = re.search(r"Вы (\d+)-й в очереди", reply["text"])
+        text, replied = replies[user]
+        place = re.search(r"Вы (\d+)-й в очереди", text)
         rows.append(
             {
                 "user": user,
@@ -64,6 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--users", type=int, default=3)
+    parser.add_argument("--captions", nargs="+", default=list(CAPTIONS), help="one per user, in turn")
     args = parser.parse_args()
     config = load_config(args.params)
     with tempfile.TemporaryDirectory(prefix="emojich-bot-bench-") as state:
@@ -79,8 +85,8 @@ def main() -> None:
             for user in users:
                 fake.send(user, "/newpack Замер")
                 fake.wait_for_text(user, "начат")
-            single = [_round(fake, users[:1])[0] for _ in range(2)]  # the first includes warm-up
-            together = _round(fake, users)
+            single = [_round(fake, users[:1], args.captions)[0] for _ in range(2)]  # the first warms up
+            together = _round(fake, users, args.captions)
             model = bot.services.model.description if bot.services else ""
         finally:
             bot.stop()

@@ -248,11 +248,12 @@ class WorkerPool:
             return await loop.run_in_executor(self._executor(), _run, request)
         except concurrent.futures.process.BrokenProcessPool:
             # The worker died (killed, out of memory): the next job gets a fresh process.
-            self.shutdown()
+            self.shutdown(wait=False)
             await self.start()
             raise
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the worker; by the time the bot stops, PTB has waited for the jobs, so this is quick."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=wait, cancel_futures=True)
             self._pool = None
