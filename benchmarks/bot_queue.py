@@ -3,8 +3,9 @@
 The real bot (`emojich.bot.app.run_bot`, the installed checkpoint and U-Net of this checkout, as
 `emojich bot` would load them) polls the fake Bot API of the tests on 127.0.0.1; simulated users
 send `/newpack` and a caption. Its state goes to a temporary folder, so the checkout's
-data/bot is untouched. The JSON gives, per user, the place the bot announced, the seconds until
-that reply and until the candidates arrived.
+data/bot is untouched. The JSON gives caption to candidates for one user (twice: the first
+includes warming up), pick to sticker link, and for several users captioning at once, the place
+the bot announced to each, the seconds until that reply and until their candidates arrived.
 
 Needs the pipeline's outputs (`make repro`). Run from the project root:
 `.venv/bin/python benchmarks/bot_queue.py [--users 3]`.
@@ -65,6 +66,18 @@ def _round(fake: FakeTelegram, users: list[int], captions: list[str]) -> list[di
     return rows
 
 
+def _sticker(fake: FakeTelegram, user: int) -> float:
+    """Pick the first candidate, send an emoji: seconds until the set's link arrives."""
+    keyboard = [m for m in fake.bot_messages(user) if _has_candidates(m)][-1]
+    mark = fake.last_id(user)
+    started = time.monotonic()
+    fake.press(user, keyboard, keyboard["reply_markup"]["inline_keyboard"][0][0]["callback_data"])
+    fake.wait_for_text(user, "эмодзи", after=mark)
+    fake.send(user, "😺")
+    fake.wait_for_text(user, "t.me/addstickers/", timeout=600, after=mark)
+    return round(time.monotonic() - started, 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
@@ -86,6 +99,7 @@ def main() -> None:
                 fake.send(user, "/newpack Замер")
                 fake.wait_for_text(user, "начат")
             single = [_round(fake, users[:1], args.captions)[0] for _ in range(2)]  # the first warms up
+            sticker = _sticker(fake, users[0])
             together = _round(fake, users, args.captions)
             model = bot.services.model.description if bot.services else ""
         finally:
@@ -98,6 +112,7 @@ def main() -> None:
         "attempts": config.params.attempts,
         "startup_s": round(startup, 2),
         "one_user_s": [row["candidates_s"] for row in single],
+        "pick_to_link_s": sticker,  # background removal, upload, createNewStickerSet, thumbnail
         "users_at_once": together,
     }
     print(json.dumps(report, ensure_ascii=False, indent=2))
