@@ -15,7 +15,7 @@ import logging
 import warnings
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
-from telegram.error import BadRequest
+from telegram.error import BadRequest, TelegramError
 from telegram.ext import (
     Application,
     CallbackQueryHandler,
@@ -279,6 +279,9 @@ class Handlers:
 
     async def on_error(self, update: object, context: Context) -> None:
         log.error("handler failed", exc_info=context.error)
+        if isinstance(update, Update) and update.effective_message is not None:
+            with contextlib.suppress(TelegramError):  # never silence, but never an error loop either
+                await update.effective_message.reply_text(texts.INTERNAL_ERROR)
 
     # ----- helpers -----
 
