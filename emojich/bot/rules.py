@@ -14,6 +14,8 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from functools import cache
 
+from emojich.tokenizer import is_latin_only
+
 SET_NAME_MAX = 64  # characters, `_by_<bot>` included
 SET_TITLE_MAX = 64
 STICKERS_AT_CREATION = (1, 50)  # createNewStickerSet takes 1-50 stickers
@@ -21,8 +23,6 @@ STICKERS_PER_SET = 120  # static sets
 EMOJI_PER_STICKER = (1, 20)
 
 _SET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-_CYRILLIC = re.compile(r"[\u0400-\u04ff]")
-_LATIN = re.compile(r"[A-Za-z]")
 
 # Set names are Latin only; Russian titles are transliterated so the link still reads like the title.
 _TRANSLIT = {
@@ -212,5 +212,4 @@ def check_caption(text: str | None, count_tokens: Callable[[str], int], max_toke
     tokens = count_tokens(caption)
     if tokens > max_tokens:
         raise RuleError("caption-long", f"the caption is {tokens} tokens, the model reads {max_tokens}")
-    latin_only = bool(_LATIN.search(caption)) and not _CYRILLIC.search(caption)
-    return CaptionCheck(caption, tokens, latin_only)
+    return CaptionCheck(caption, tokens, is_latin_only(caption))
