@@ -15,11 +15,17 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from emojich.storage import sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from emojich.segment.masking import MaskResult
 
 STICKER_SIDE = 512
 MAX_STICKER_BYTES = 512 * 1024
@@ -276,6 +282,35 @@ class StickerReport:
     note: str = ""  # why the method differs from the one asked for, if it does
 
 
+def cut_sticker_file(
+    source: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    method: str = "auto",
+    model: nn.Module | None = None,
+    size: int = 0,
+    threshold: float = 0.99,
+    **extra: object,
+) -> tuple[MaskResult, Encoded]:
+    """Cut the background of one image file with a loaded U-Net (or none: the contour method) and
+    write the sticker (PNG or WEBP by `dest`'s suffix). With a generation sidecar beside `source`,
+    a sticker sidecar is written beside `dest`, with `extra` in it."""
+    from emojich.segment.masking import segment_images
+
+    source, dest = Path(source), Path(dest)
+    with Image.open(source) as image:
+        rgb = np.asarray(image.convert("RGB"))
+    result = segment_images([rgb], method, model, size, threshold)[0]
+    encoded = write_sticker(dest, rgb, result.alpha)
+    generation_path = source.with_suffix(".json")
+    if generation_path.is_file():
+        generation = json.loads(generation_path.read_text(encoding="utf-8"))
+        sidecar = sticker_sidecar(
+            generation, result.method, result.confidence, encoded, source_sha256=sha256_file(source), **extra
+        )
+        write_json_atomic(dest.with_suffix(".json"), sidecar)
+    return result, encoded
+
+
 def sticker_from_file(
     source: str | os.PathLike[str],
     dest: str | os.PathLike[str],
@@ -289,11 +324,6 @@ def sticker_from_file(
     With a generation sidecar (`source` with `.json`) beside the image, a sidecar is written
     beside the sticker too.
     """
-    from emojich.segment.masking import segment_images
-
-    source, dest = Path(source), Path(dest)
-    with Image.open(source) as image:
-        rgb = np.asarray(image.convert("RGB"))
     model, size, note = None, 0, ""
     if method != "contour" and weights:
         from emojich.segment.unet import load_unet
@@ -302,17 +332,9 @@ def sticker_from_file(
         size = config.size
     elif method == "auto":
         note = "no U-Net weights given: using the contour method"
-    result = segment_images([rgb], method, model, size, threshold)[0]
+    result, encoded = cut_sticker_file(source, dest, method, model, size, threshold)
     if method == "auto" and result.method == "contour" and model is not None:
         note = f"U-Net confidence {result.confidence:.4f} is below {threshold}: using the contour method"
-    encoded = write_sticker(dest, rgb, result.alpha)
-    generation_path = source.with_suffix(".json")
-    if generation_path.is_file():
-        generation = json.loads(generation_path.read_text(encoding="utf-8"))
-        sidecar = sticker_sidecar(
-            generation, result.method, result.confidence, encoded, source_sha256=sha256_file(source)
-        )
-        write_json_atomic(dest.with_suffix(".json"), sidecar)
     return StickerReport(
         result.method, result.confidence, encoded.encoding, check_telegram_sticker(dest), note
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import json
 import logging
 import multiprocessing
 import os
@@ -139,33 +138,23 @@ class StickerCutter:
         return "contour method (no U-Net weights)"
 
     def __call__(self, request: CutRequest) -> CutResult:
-        import numpy as np
         from PIL import Image
 
-        from emojich.segment.masking import segment_images
-        from emojich.stickers import make_thumbnail, sticker_sidecar, write_sticker
-        from emojich.storage import sha256_file, write_bytes_atomic, write_json_atomic
+        from emojich.stickers import cut_sticker_file, make_thumbnail
+        from emojich.storage import write_bytes_atomic
 
         source, dest = Path(request.image), Path(request.dest)
-        with Image.open(source) as image:
-            rgb = np.asarray(image.convert("RGB"))
-        method = "auto" if self.model is not None else "contour"
-        mask = segment_images([rgb], method, self.model, self.size, self.paths.segment_threshold)[0]
-        encoded = write_sticker(dest, rgb, mask.alpha)
-        generation_path = source.with_suffix(".json")
-        generation = (
-            json.loads(generation_path.read_text(encoding="utf-8")) if generation_path.is_file() else None
-        )
-        sidecar = sticker_sidecar(
-            generation,
-            mask.method,
-            mask.confidence,
-            encoded,
+        # "auto" without a U-Net is the contour method alone, as in `emojich sticker`.
+        mask, encoded = cut_sticker_file(
+            source,
+            dest,
+            "auto",
+            self.model,
+            self.size,
+            self.paths.segment_threshold,
             source_image=_relative(source, Path(request.root)),
-            source_sha256=sha256_file(source),
             **request.extra,
         )
-        write_json_atomic(dest.with_suffix(".json"), sidecar)
         with Image.open(dest) as sticker:
             thumbnail = make_thumbnail(sticker, encoded.format)
         thumbnail_path = dest.with_name(f"{dest.stem}.thumb.{encoded.format}")
