@@ -1,5 +1,6 @@
 # Everything a fresh machine needs: Python >= 3.11 and network access to the package registry.
-# `make repro` and `make test` bootstrap the environment themselves from the committed uv.lock.
+# `make repro` and `make test` bootstrap the environment themselves from the committed uv.lock
+# (with the `bot` extra: the Telegram bot and its tests).
 
 PYTHON ?= python3
 UV_VERSION := 0.13.8
@@ -15,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 # Stage commands in dvc.yaml call `python`: it must be the project environment's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test lint dag clean-env
+.PHONY: setup repro test lint dag bot clean-env
 
 setup: $(STAMP)
 
@@ -24,7 +25,7 @@ $(UV):
 	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 $(STAMP): uv.lock pyproject.toml | $(UV)
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen --extra bot --python $(PYTHON)
 	@touch $@
 
 repro: setup
@@ -40,6 +41,11 @@ lint: setup
 
 dag: setup
 	$(VENV)/bin/dvc dag
+
+# The Telegram bot (README, "Telegram bot"); needs the pipeline's outputs and a token file.
+BOT_TOKEN_FILE ?= $(HOME)/.config/emojich/bot-token
+bot: setup
+	$(VENV)/bin/emojich bot --token-file $(BOT_TOKEN_FILE)
 
 clean-env:
 	rm -rf $(TOOLS) $(VENV)

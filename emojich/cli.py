@@ -20,7 +20,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate_command(commands)
     _add_lineage_command(commands)
     _add_extract_command(commands)
+    _add_bot_command(commands)
     return parser
+
+
+def _add_bot_command(commands: argparse._SubParsersAction) -> None:
+    bot = commands.add_parser(
+        "bot",
+        help="run the Telegram bot that makes sticker sets from captions",
+        description="Serve the Telegram bot by long polling until stopped (Ctrl-C or SIGTERM). Settings "
+        "come from the `bot`, `generate` and `segment` sections of PARAMS. The token is read from "
+        "--token-file or $EMOJICH_BOT_TOKEN and never logged.",
+    )
+    bot.add_argument(
+        "--token-file", metavar="PATH", help="file holding the bot token (else $EMOJICH_BOT_TOKEN)"
+    )
+    bot.add_argument(
+        "--api-url",
+        default="https://api.telegram.org/bot",
+        metavar="URL",
+        help="Bot API server; the token is appended (default: Telegram's, "
+        "e.g. http://127.0.0.1:8081/bot for a local server)",
+    )
+    bot.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
+    bot.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    bot.set_defaults(handler=_run_bot)
+
+
+def _run_bot(args: argparse.Namespace) -> int:
+    try:
+        from emojich.bot.app import bot_command
+    except ImportError as error:  # python-telegram-bot is an optional extra
+        print(f"emojich bot: error: {error}; install the bot extra (uv sync --extra bot)", file=sys.stderr)
+        return 2
+    return bot_command(args)
 
 
 def _add_extract_command(commands: argparse._SubParsersAction) -> None:

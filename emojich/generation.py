@@ -19,7 +19,6 @@ import dataclasses
 import io
 import json
 import logging
-import re
 import shutil
 import sys
 import time
@@ -47,7 +46,7 @@ from emojich.storage import (
     write_json_atomic,
     write_text_atomic,
 )
-from emojich.tokenizer import UNK_ID, TextTokenizer
+from emojich.tokenizer import UNK_ID, TextTokenizer, is_latin_only
 from emojich.upscale import needs_super_resolution, upscale_to
 
 log = logging.getLogger("emojich.generation")
@@ -57,9 +56,6 @@ TARGET_SIZE = 512  # Telegram stickers and the report's DWT decoder are 512 x 51
 DWT_DECODER = "dwt-decoder"
 SELF_TRAINED = "rrdbnet-selftrained"
 LANCZOS_FALLBACK = "lanczos-fallback"
-
-_CYRILLIC = re.compile(r"[\u0400-\u04ff]")
-_LATIN = re.compile(r"[A-Za-z]")
 
 
 # ----- sampling cells -----
@@ -182,7 +178,7 @@ def check_prompt(tokenizer: TextTokenizer, text: str, text_seq_length: int) -> P
         tokens=len(pieces),
         truncated=len(pieces) + 2 > text_seq_length,  # + bos and eos
         unknown_tokens=sum(1 for token in pieces if token == UNK_ID),
-        latin_only=bool(_LATIN.search(text)) and not _CYRILLIC.search(text),
+        latin_only=is_latin_only(text),
     )
 
 

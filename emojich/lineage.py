@@ -10,8 +10,9 @@ Every step is verified, not just reported: file hashes against the sidecars and 
 recorded them, and each stage's dependencies and outputs against `dvc.lock` (through DVC's own
 status check). A step that does not verify is a *break*, named by kind, so a sticker edited
 after it was made, a checkpoint that is not the one in `dvc.lock`, or a missing sidecar is
-reported as exactly that. Tracing starts from whichever kind of file it is given; an image
-inside a stage's shards is named `<shard>:<member>`, e.g.
+reported as exactly that. The Telegram bot's stickers (sidecar `made_by: emojich-bot`) follow
+the same chain from the candidate they were cut from. Tracing starts from whichever kind of file
+it is given; an image inside a stage's shards is named `<shard>:<member>`, e.g.
 `data/prepared/images/prepared-00000.tar:twemoji-1f600.rgb.png`, the form this module prints.
 """
 
@@ -40,6 +41,10 @@ TOKENS_INDEX = Path("data/tokens/index.csv")
 UPSCALED = Path("data/upscaled")
 PREPARED = Path("data/prepared")
 RAW = Path("data/raw")
+
+# The `made_by` of the Telegram bot's sticker sidecars (emojich.bot): its stickers live wherever
+# its state folder is (data/bot by default), so they are recognised by their sidecar.
+BOT_MAKER = "emojich-bot"
 
 # Upstream order of the stages behind a checkpoint.
 TRAINING_STAGES = ("finetune", "tokenize", "upscale", "prepare", "scrape")
@@ -107,14 +112,16 @@ class Tracer:
             raise FileNotFoundError(f"no such file: {path}")
         if _under(relative, STICKERS):
             self._sticker(relative, lineage)
+        elif _made_by_bot(self.root / relative):
+            self._sticker(relative, lineage, maker=BOT_MAKER)
         elif _under(relative, GENERATED):
             self._generated(relative, lineage, expected_sha=None)
         elif relative == CHECKPOINT:
             self._checkpoint(relative, lineage, expected_sha=None)
         else:
             raise ValueError(
-                f"{relative}: not a file lineage knows (stickers, generated images, the checkpoint, "
-                "or an upscaled or prepared image as <shard>:<member>)"
+                f"{relative}: not a file lineage knows (stickers of the pipeline or the bot, generated "
+                "images, the checkpoint, or an upscaled or prepared image as <shard>:<member>)"
             )
         self._commit(lineage)
         return lineage
@@ -141,7 +148,8 @@ class Tracer:
         return lineage
 
     # -- links ------------------------------------------------------------------------------------
-    def _sticker(self, relative: Path, lineage: Lineage) -> None:
+    def _sticker(self, relative: Path, lineage: Lineage, maker: str = "stickers stage") -> None:
+        """A sticker of the `stickers` stage, or of the bot (`maker`), and the image it was cut from."""
         actual = sha256_file(self.root / relative)
         sidecar_path = relative.with_suffix(".json")
         link = Link("sticker", "sticker", relative.as_posix(), actual)
@@ -152,13 +160,18 @@ class Tracer:
                 f"missing-sidecar: {sidecar_path} is missing, so nothing links this sticker to its origin"
             )
             return
-        link.facts = {k: sidecar.get(k) for k in ("mask_method", "confidence", "sticker_format")}
+        keys = ("mask_method", "confidence", "sticker_format", "made_by", "emoji")
+        link.facts = {k: sidecar.get(k) for k in keys if k in sidecar}
         if sidecar.get("sticker_sha256") != actual:
             link.problem = (
                 f"sticker-modified: the file's sha256 {actual[:12]}… differs from the "
-                f"{str(sidecar.get('sticker_sha256'))[:12]}… the stickers stage recorded: edited after it was made"
+                f"{str(sidecar.get('sticker_sha256'))[:12]}… the {maker} recorded: edited after it was made"
             )
-        self._stages(("stickers", "segment"), lineage)
+        if maker == BOT_MAKER:
+            # The bot runs no DVC stage; its U-Net, when it cut the sticker, is the segment stage's.
+            self._stages(("segment",) if sidecar.get("mask_method") == "unet" else (), lineage)
+        else:
+            self._stages(("stickers", "segment"), lineage)
         source = sidecar.get("source_image")
         if not source:
             lineage.links.append(
@@ -450,6 +463,11 @@ def _split_shard_ref(text: str) -> tuple[str, str | None]:
     if colon and shard.endswith(SHARD_SUFFIX) and member:
         return shard, member
     return text, None
+
+
+def _made_by_bot(path: Path) -> bool:
+    sidecar = _read_json(path.with_suffix(".json")) if path.suffix != ".json" else None
+    return bool(sidecar) and sidecar.get("made_by") == BOT_MAKER
 
 
 def _under(path: Path, folder: Path) -> bool:

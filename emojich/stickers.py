@@ -2,7 +2,8 @@
 
 Telegram's rules for static stickers: PNG or WEBP, one side exactly 512 px and the other at
 most 512, at most 512 KB, with transparency. `check_telegram_sticker` tests exactly these, and
-every sticker written here is re-encoded until it passes.
+every sticker written here is re-encoded until it passes. A set's thumbnail is 100 x 100 and at
+most 128 KB, in the format of the set's stickers (`make_thumbnail`, `thumbnail_problems`).
 """
 
 from __future__ import annotations
@@ -14,14 +15,22 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from emojich.storage import sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
 
+if TYPE_CHECKING:
+    from torch import nn
+
+    from emojich.segment.masking import MaskResult
+
 STICKER_SIDE = 512
 MAX_STICKER_BYTES = 512 * 1024
+THUMBNAIL_SIDE = 100
+MAX_THUMBNAIL_BYTES = 128 * 1024
 FORMATS = ("webp", "png")
 
 # Encodings tried in order until one fits; lossless first, as most emojis are flat colour and
@@ -106,27 +115,69 @@ def encode_sticker(image: Image.Image, fmt: str = "webp", max_bytes: int = MAX_S
     raise ValueError(f"no {fmt} encoding fits in {max_bytes} bytes ({', '.join(sizes)})")
 
 
-def check_telegram_sticker(path: str | os.PathLike[str]) -> list[str]:
-    """Every way the file breaks Telegram's static sticker rules; empty when it is usable."""
-    path = Path(path)
-    problems = []
-    size = path.stat().st_size
-    if size > MAX_STICKER_BYTES:
-        problems.append(f"file is {size} bytes, over {MAX_STICKER_BYTES}")
+def _image_facts(data: bytes) -> tuple[str | None, tuple[int, int], str, dict] | str:
+    """(format, size, mode, info) of an encoded image, or why it cannot be read."""
     try:
-        with Image.open(path) as image:
-            fmt, (width, height), mode, info = image.format, image.size, image.mode, dict(image.info)
+        with Image.open(io.BytesIO(data)) as image:
+            return image.format, image.size, image.mode, dict(image.info)
     except Exception as error:  # Pillow raises several types for unreadable files
-        return [*problems, f"unreadable image: {error}"]
+        return f"unreadable image: {error}"
+
+
+def _has_alpha(mode: str, info: dict) -> bool:
+    return mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in info
+
+
+def sticker_problems(data: bytes) -> list[str]:
+    """Every way an encoded file breaks Telegram's static sticker rules; empty when it is usable."""
+    problems = []
+    if len(data) > MAX_STICKER_BYTES:
+        problems.append(f"file is {len(data)} bytes, over {MAX_STICKER_BYTES}")
+    facts = _image_facts(data)
+    if isinstance(facts, str):
+        return [*problems, facts]
+    fmt, (width, height), mode, info = facts
     if fmt not in ("PNG", "WEBP"):
         problems.append(f"format is {fmt}, not PNG or WEBP")
     if STICKER_SIDE not in (width, height):
         problems.append(f"size {width}x{height}: no side is exactly {STICKER_SIDE}")
     if max(width, height) > STICKER_SIDE:
         problems.append(f"size {width}x{height}: a side exceeds {STICKER_SIDE}")
-    if mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in info:
+    if not _has_alpha(mode, info):
         problems.append(f"mode {mode} has no alpha channel")
     return problems
+
+
+def check_telegram_sticker(path: str | os.PathLike[str]) -> list[str]:
+    """Every way the file breaks Telegram's static sticker rules; empty when it is usable."""
+    return sticker_problems(Path(path).read_bytes())
+
+
+def thumbnail_problems(data: bytes) -> list[str]:
+    """Every way an encoded file breaks the rules for a static set's thumbnail (100 x 100, <= 128 KB)."""
+    problems = []
+    if len(data) > MAX_THUMBNAIL_BYTES:
+        problems.append(f"thumbnail is {len(data)} bytes, over {MAX_THUMBNAIL_BYTES}")
+    facts = _image_facts(data)
+    if isinstance(facts, str):
+        return [*problems, facts]
+    fmt, size, _, _ = facts
+    if fmt not in ("PNG", "WEBP"):
+        problems.append(f"thumbnail format is {fmt}, not PNG or WEBP")
+    if size != (THUMBNAIL_SIDE, THUMBNAIL_SIDE):
+        problems.append(f"thumbnail size {size[0]}x{size[1]}, not {THUMBNAIL_SIDE}x{THUMBNAIL_SIDE}")
+    return problems
+
+
+def make_thumbnail(sticker: Image.Image, fmt: str = "webp") -> Encoded:
+    """A set thumbnail from a sticker: 100 x 100, transparent padding kept, same format as the set."""
+    image = sticker.convert("RGBA")
+    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
+    if image.size != (THUMBNAIL_SIDE, THUMBNAIL_SIDE):
+        canvas = Image.new("RGBA", (THUMBNAIL_SIDE, THUMBNAIL_SIDE), (0, 0, 0, 0))
+        canvas.paste(image, ((THUMBNAIL_SIDE - image.width) // 2, (THUMBNAIL_SIDE - image.height) // 2))
+        image = canvas
+    return encode_sticker(image, fmt, MAX_THUMBNAIL_BYTES)
 
 
 def write_sticker(
@@ -231,6 +282,35 @@ class StickerReport:
     note: str = ""  # why the method differs from the one asked for, if it does
 
 
+def cut_sticker_file(
+    source: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    method: str = "auto",
+    model: nn.Module | None = None,
+    size: int = 0,
+    threshold: float = 0.99,
+    **extra: object,
+) -> tuple[MaskResult, Encoded]:
+    """Cut the background of one image file with a loaded U-Net (or none: the contour method) and
+    write the sticker (PNG or WEBP by `dest`'s suffix). With a generation sidecar beside `source`,
+    a sticker sidecar is written beside `dest`, with `extra` in it."""
+    from emojich.segment.masking import segment_images
+
+    source, dest = Path(source), Path(dest)
+    with Image.open(source) as image:
+        rgb = np.asarray(image.convert("RGB"))
+    result = segment_images([rgb], method, model, size, threshold)[0]
+    encoded = write_sticker(dest, rgb, result.alpha)
+    generation_path = source.with_suffix(".json")
+    if generation_path.is_file():
+        generation = json.loads(generation_path.read_text(encoding="utf-8"))
+        sidecar = sticker_sidecar(
+            generation, result.method, result.confidence, encoded, source_sha256=sha256_file(source), **extra
+        )
+        write_json_atomic(dest.with_suffix(".json"), sidecar)
+    return result, encoded
+
+
 def sticker_from_file(
     source: str | os.PathLike[str],
     dest: str | os.PathLike[str],
@@ -244,11 +324,6 @@ def sticker_from_file(
     With a generation sidecar (`source` with `.json`) beside the image, a sidecar is written
     beside the sticker too.
     """
-    from emojich.segment.masking import segment_images
-
-    source, dest = Path(source), Path(dest)
-    with Image.open(source) as image:
-        rgb = np.asarray(image.convert("RGB"))
     model, size, note = None, 0, ""
     if method != "contour" and weights:
         from emojich.segment.unet import load_unet
@@ -257,17 +332,9 @@ def sticker_from_file(
         size = config.size
     elif method == "auto":
         note = "no U-Net weights given: using the contour method"
-    result = segment_images([rgb], method, model, size, threshold)[0]
+    result, encoded = cut_sticker_file(source, dest, method, model, size, threshold)
     if method == "auto" and result.method == "contour" and model is not None:
         note = f"U-Net confidence {result.confidence:.4f} is below {threshold}: using the contour method"
-    encoded = write_sticker(dest, rgb, result.alpha)
-    generation_path = source.with_suffix(".json")
-    if generation_path.is_file():
-        generation = json.loads(generation_path.read_text(encoding="utf-8"))
-        sidecar = sticker_sidecar(
-            generation, result.method, result.confidence, encoded, source_sha256=sha256_file(source)
-        )
-        write_json_atomic(dest.with_suffix(".json"), sidecar)
     return StickerReport(
         result.method, result.confidence, encoded.encoding, check_telegram_sticker(dest), note
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import string
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -42,6 +43,15 @@ BASE_ALPHABET = (
     + string.punctuation
     + "«»—–…№"
 )
+
+
+_CYRILLIC = re.compile(r"[\u0400-\u04ff]")
+_LATIN = re.compile(r"[A-Za-z]")
+
+
+def is_latin_only(text: str) -> bool:
+    """Latin letters and no Cyrillic one: allowed, but the models learnt Russian captions."""
+    return bool(_LATIN.search(text)) and not _CYRILLIC.search(text)
 
 
 def _pipeline(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer:

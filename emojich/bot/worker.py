@@ -1,0 +1,248 @@
+"""What runs in the worker processes: drawing candidates and cutting stickers, through the library.
+
+The bot's event loop must never wait on a model, so each kind of work has its own one-process
+pool (`WorkerPool`). A pool is started with a *task*: a picklable object whose `load()` runs once
+in the worker (models stay loaded between jobs) and whose call does one job. Results are files
+(written to a temporary name, then renamed) and small dataclasses, never tensors, so nothing big
+crosses the process boundary. Tests start pools with fake tasks that do not import torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from emojich.bot.config import BotParams, ModelPaths
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What the bot needs to know about the model before a caption is queued."""
+
+    text_tokens: int  # caption length the model reads (BPE tokens, without bos/eos)
+    bpe: str | None  # the tokenizer file to count them; None: count characters (test fakes)
+    description: str  # e.g. "dalle-demo-from-scratch, 512 px by rrdbnet-selftrained"
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationRequest:
+    job_id: int
+    caption: str
+    seed: int
+    out_dir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationResult:
+    images: list[str]  # PNGs with JSON sidecars beside them, best first
+    notes: list[str]  # e.g. truncation or Latin-only warnings from the library
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class CutRequest:
+    image: str  # a candidate PNG (its sidecar beside it)
+    dest: str  # the sticker, .webp or .png
+    root: str  # sidecars name the source image relative to the project root
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # recorded in the sidecar
+
+
+@dataclasses.dataclass(frozen=True)
+class CutResult:
+    sticker: str
+    thumbnail: str
+    method: str
+    confidence: float | None
+
+
+class Task(Protocol):
+    def load(self) -> Any: ...
+
+    def __call__(self, request: Any) -> Any: ...
+
+
+# ----- the real tasks -----
+
+
+@dataclasses.dataclass
+class ModelGenerator:
+    """Samples `attempts` images for a caption and writes the best `candidates`, as `emojich generate`."""
+
+    paths: ModelPaths
+    params: BotParams
+
+    def load(self) -> ModelInfo:
+        import torch
+
+        from emojich.device import resolve_device
+        from emojich.generation import load_models
+
+        if self.params.threads > 0:
+            torch.set_num_threads(self.params.threads)
+        self.models = load_models(
+            self.paths.checkpoint,
+            self.paths.bpe,
+            self.paths.vqgan,
+            self.paths.upscaler,
+            resolve_device(self.paths.device),
+        )
+        config = self.models.dalle.config
+        return ModelInfo(
+            text_tokens=config.text_seq_length - 2,  # bos and eos take two places
+            bpe=self.paths.bpe,
+            description=f"{Path(self.paths.checkpoint).name}, 512 px by {self.models.output_method}",
+        )
+
+    def __call__(self, request: GenerationRequest) -> GenerationResult:
+        from emojich.generation import SamplingCell, sample_cell, write_ranked_images
+
+        cell = SamplingCell(self.params.top_k, self.params.top_p, self.params.temperature, request.seed)
+        run = sample_cell(
+            self.models, [request.caption], cell, self.params.attempts, self.paths.batch_size, progress=False
+        )
+        out = Path(request.out_dir)
+        write_ranked_images(out, run, self.models, self.params.candidates, self.paths.batch_size)
+        images = sorted(str(path) for path in out.glob("p000-r*.png"))  # names sort by rank
+        return GenerationResult(images, run.notes, run.seconds)
+
+
+@dataclasses.dataclass
+class StickerCutter:
+    """Background removal as in the pipeline: the U-Net, or the contour method when it is unsure."""
+
+    paths: ModelPaths
+    sticker_format: str = "webp"
+    threads: int = 1
+
+    def load(self) -> str:
+        import torch
+
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)
+        self.model, self.size = None, 0
+        weights = self.paths.segment_weights
+        if weights and Path(weights).is_file():
+            from emojich.segment.unet import load_unet
+
+            self.model, config = load_unet(weights, self.paths.segment_preset)
+            self.size = config.size
+            return f"U-Net {Path(weights).name}, contour fallback below {self.paths.segment_threshold}"
+        return "contour method (no U-Net weights)"
+
+    def __call__(self, request: CutRequest) -> CutResult:
+        from PIL import Image
+
+        from emojich.stickers import cut_sticker_file, make_thumbnail
+        from emojich.storage import write_bytes_atomic
+
+        source, dest = Path(request.image), Path(request.dest)
+        # "auto" without a U-Net is the contour method alone, as in `emojich sticker`.
+        mask, encoded = cut_sticker_file(
+            source,
+            dest,
+            "auto",
+            self.model,
+            self.size,
+            self.paths.segment_threshold,
+            source_image=_relative(source, Path(request.root)),
+            **request.extra,
+        )
+        with Image.open(dest) as sticker:
+            thumbnail = make_thumbnail(sticker, encoded.format)
+        thumbnail_path = dest.with_name(f"{dest.stem}.thumb.{encoded.format}")
+        write_bytes_atomic(thumbnail_path, thumbnail.data)
+        return CutResult(str(dest), str(thumbnail_path), mask.method, mask.confidence)
+
+
+def _relative(path: Path, root: Path) -> str:
+    """`path` relative to the project root when inside it (lineage resolves it there), else absolute."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
+# ----- the worker process side -----
+
+_TASK: Task | None = None
+
+
+def _exit_with_parent(parent: int) -> None:
+    # A pool worker blocks on its call queue, whose pipe it holds itself, so it would outlive a
+    # killed bot forever; polling the parent's pid is the portable way to notice.
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
+def _initialise(task: Task, parent: int) -> None:
+    global _TASK
+    # The library's warnings (a clamped top_k, a Latin-only caption) reach the bot's log this way;
+    # workers never see the token, so they need no redaction.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s (worker): %(message)s")
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    _TASK = task
+
+
+def _load() -> Any:
+    assert _TASK is not None
+    return _TASK.load()
+
+
+def _run(request: Any) -> Any:
+    assert _TASK is not None
+    return _TASK(request)
+
+
+# ----- the bot side -----
+
+
+class WorkerPool:
+    """One worker process running `task`, with the task loaded once; recreated if the process dies."""
+
+    def __init__(self, task: Task, name: str):
+        self.task = task
+        self.name = name
+        self.info: Any = None
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn, not fork: the bot process runs an event loop and threads, which fork copies badly.
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_initialise,
+                initargs=(self.task, os.getpid()),
+            )
+        return self._pool
+
+    async def start(self) -> Any:
+        """Start the process and load the task; returns what `load()` returned."""
+        self.info = await asyncio.get_running_loop().run_in_executor(self._executor(), _load)
+        return self.info
+
+    async def run(self, request: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor(), _run, request)
+        except concurrent.futures.process.BrokenProcessPool:
+            # The worker died (killed, out of memory): the next job gets a fresh process.
+            self.shutdown(wait=False)
+            await self.start()
+            raise
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the worker; by the time the bot stops, PTB has waited for the jobs, so this is quick."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=True)
+            self._pool = None

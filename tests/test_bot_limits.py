@@ -1,0 +1,96 @@
+"""Queue and limits with a slow generator: the bot keeps answering, users wait their turn politely."""
+
+import json
+import time
+
+import pytest
+
+from emojich.bot import texts
+from tests.bot_harness import TOKEN, BotThread, fake_run, make_config
+from tests.fake_telegram import FakeTelegram
+
+DELAY = 2.0  # seconds the fake generator takes per job
+
+
+@pytest.fixture(scope="module")
+def fake():
+    server = FakeTelegram(TOKEN).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def bot(fake, tmp_path_factory):
+    config = make_config(tmp_path_factory.mktemp("bot"), daily_quota=3, max_queue=3)
+    running = BotThread(fake_run(config, fake.api_url, delay=DELAY)).start()
+    yield running
+    running.stop()
+
+
+def _say(fake, user, text, expect, timeout=30):
+    after = fake.last_id(user)
+    fake.send(user, text)
+    return fake.wait_for_text(user, expect, timeout, after=after)
+
+
+def _has_candidates(message):
+    return "pick:" in json.dumps(message.get("reply_markup", {}))
+
+
+def test_three_users_at_once_wait_their_turn_and_the_bot_keeps_answering(fake, bot):
+    users = (2001, 2002, 2003)
+    for user in users:
+        _say(fake, user, "/newpack Очередь", "начат")
+    marks = {user: fake.last_id(user) for user in users}
+    sent = time.monotonic()
+    for user in users:  # three captions in one burst, as if sent together
+        fake.send(user, f"кошка номер {user}")
+    replies = {user: fake.wait_for_text(user, "Подпись принята", after=marks[user])["text"] for user in users}
+    assert "Уже рисую" in replies[2001]
+    assert "Вы 2-й в очереди" in replies[2002]
+    assert "Вы 3-й в очереди" in replies[2003]
+
+    # While the first job is drawn: the queue is full, a second caption is refused, the bot answers.
+    asked = time.monotonic()
+    _say(fake, 2004, "/newpack Лишний", "начат")
+    assert "в очереди 3 подписей" in _say(fake, 2004, "кошка", "очень много желающих")["text"]
+    assert "Я ещё рисую вашу прошлую подпись" in _say(fake, 2001, "собака", "прошлую подпись")["text"]
+    assert "3-я в очереди" in _say(fake, 2003, "/status", "в очереди")["text"]
+    assert "/newpack" in _say(fake, 2002, "/help", "/mypacks")["text"]
+    answered = time.monotonic() - asked
+    assert not any(_has_candidates(m) for m in fake.bot_messages(2001)), "answers came only after the job"
+    assert answered < DELAY, f"five replies took {answered:.2f} s while a {DELAY} s job ran"
+
+    arrived = {}
+    for user in users:
+        fake.wait_for_message(user, _has_candidates, timeout=60, after=marks[user])
+        arrived[user] = time.monotonic() - sent
+    # One worker: the candidates come one job after another, in queue order.
+    assert arrived[2001] < arrived[2002] < arrived[2003]
+    assert arrived[2002] - arrived[2001] >= 0.8 * DELAY and arrived[2003] - arrived[2002] >= 0.8 * DELAY
+    print("caption -> candidates with 3 users at once (s):", {u: round(t, 2) for u, t in arrived.items()})
+    # Those who waited hear when their turn comes; the first was told at once.
+    assert not [t for t in fake.texts(2001) if "Ваша очередь подошла" in t]
+    for user in (2002, 2003):
+        assert len([t for t in fake.texts(user) if "Ваша очередь подошла" in t]) == 1
+
+
+def test_the_daily_quota_counts_regenerations(fake, bot):
+    user = 2010
+    _say(fake, user, "/newpack Квота", "начат")
+    after = fake.last_id(user)
+    _say(fake, user, "кошка", "Подпись принята")
+    for _ in range(2):  # captions 2 and 3 of today: regenerations
+        keyboard = fake.wait_for_message(user, _has_candidates, timeout=60, after=after)
+        after = fake.last_id(user)
+        regen = next(
+            b["callback_data"]
+            for row in keyboard["reply_markup"]["inline_keyboard"]
+            for b in row
+            if b["callback_data"].startswith("regen:")
+        )
+        fake.press(user, keyboard, regen)
+        fake.wait_for_text(user, "Подпись принята", after=after)
+    fake.wait_for_message(user, _has_candidates, timeout=60, after=after)
+    assert _say(fake, user, "собака", "лимит исчерпан")["text"] == texts.QUOTA.format(quota=3)
+    assert "Сегодня использовано 3 из 3" in _say(fake, user, "/status", "Сегодня")["text"]
