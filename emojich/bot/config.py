@@ -30,6 +30,7 @@ class BotParams:
     top_k: int = 2048  # clamped to the image vocabulary, as in `emojich generate`
     top_p: float = 0.995
     temperature: float = 1.0
+    guidance: float = 1.0  # classifier-free guidance scale, as generate.guidance; 1 = off
     seed: int = 42  # job N samples with seed + N: a regenerated caption differs, a resumed job repeats
     daily_quota: int = 20  # captions (regenerations included) per user per UTC day
     max_queue: int = 20  # captions waiting or being drawn, all users together

@@ -104,7 +104,8 @@ class ModelGenerator:
     def __call__(self, request: GenerationRequest) -> GenerationResult:
         from emojich.generation import SamplingCell, sample_cell, write_ranked_images
 
-        cell = SamplingCell(self.params.top_k, self.params.top_p, self.params.temperature, request.seed)
+        params = self.params
+        cell = SamplingCell(params.top_k, params.top_p, params.temperature, request.seed, params.guidance)
         run = sample_cell(
             self.models, [request.caption], cell, self.params.attempts, self.paths.batch_size, progress=False
         )
