@@ -229,12 +229,18 @@ def test_a_cell_with_a_reference_measures_caption_retrieval_and_records_guidance
     generator = torch.Generator().manual_seed(0)
     real = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=generator)
     captions = ["зима в горах"] * 2 + ["кот"] * 2 + ["сердце"] * 2
-    reference = Reference.build(thumbnails(real), captions, ["train", "train", "val", "val", "train", "train"])
+    reference = Reference.build(
+        thumbnails(real), captions, ["train", "train", "val", "val", "train", "train"]
+    )
     cell = SamplingCell(16, 0.995, 1.0, 42, guidance=2.0)
     prompts = PromptList(["зима в горах", "кот", "ёжик в тумане"], 0)
     metrics = write_cell(tmp_path, models, prompts, cell, 4, 2, progress=False, reference=reference)
     fidelity = metrics["fidelity"]
-    assert (fidelity["prompts_train"], fidelity["prompts_held_out"], fidelity["prompts_zero_shot"]) == (1, 1, 1)
+    assert (fidelity["prompts_train"], fidelity["prompts_held_out"], fidelity["prompts_zero_shot"]) == (
+        1,
+        1,
+        1,
+    )
     assert 1 <= fidelity["train_median_rank"] <= 3 and 1 <= fidelity["held_out_median_rank"] <= 3
     assert fidelity["captions"] == 3 and "real_val_top10" in fidelity
     assert json.loads((tmp_path / "metrics.json").read_text())["guidance"] == 2.0
