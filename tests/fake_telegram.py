@@ -257,6 +257,12 @@ class FakeTelegram:
             messages = self.chats.get(chat_id, [])
             return messages[-1]["message_id"] if messages else 0
 
+    def say(self, user_id: int, text: str, expect: str, timeout: float = 30) -> dict:
+        """Send `text` as `user_id` and wait for the bot's next reply containing `expect`."""
+        after = self.last_id(user_id)
+        self.send(user_id, text)
+        return self.wait_for_text(user_id, expect, timeout, after=after)
+
     def add_set(self, name: str, owner: int, title: str = "someone else's") -> None:
         """A set made by someone else, so that its name is occupied."""
         with self.lock:

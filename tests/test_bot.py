@@ -35,13 +35,6 @@ def bot(fake, tmp_path_factory):
     running.stop()
 
 
-def _say(fake, user, text, expect, timeout=30):
-    """Send `text` as `user` and wait for the bot's reply containing `expect`."""
-    after = fake.last_id(user)
-    fake.send(user, text)
-    return fake.wait_for_text(user, expect, timeout, after=after)
-
-
 def _candidates(fake, user, after=0):
     return fake.wait_for_message(
         user, lambda m: "pick:" in json.dumps(m.get("reply_markup", {})), after=after
@@ -73,23 +66,23 @@ def _chat_methods(fake, user, start):
 
 def _make_sticker(fake, user, caption, pick=1, emoji="😺"):
     after = fake.last_id(user)
-    _say(fake, user, caption, "Подпись принята")
+    fake.say(user, caption, "Подпись принята")
     keyboard = _candidates(fake, user, after)
     fake.press(user, keyboard, _pick(keyboard, pick))
     fake.wait_for_text(user, "эмодзи", after=after)
-    return _say(fake, user, emoji, "Готово", timeout=60)
+    return fake.say(user, emoji, "Готово", timeout=60)
 
 
 def test_newpack_caption_pick_emoji_makes_a_valid_set(fake, bot):
     user = 1001
     start = len(fake.calls)
-    _say(fake, user, "/newpack Мои котики", "начат")
-    _say(fake, user, "кошка улыбается", "Подпись принята")
+    fake.say(user, "/newpack Мои котики", "начат")
+    fake.say(user, "кошка улыбается", "Подпись принята")
     keyboard = _candidates(fake, user)
     fake.press(user, keyboard, _pick(keyboard, 2))
     ask = fake.wait_for_text(user, "эмодзи")
     assert "emoji:" in _button(ask, "emoji:")  # a proposal to tap
-    done = _say(fake, user, "😺", "Готово", timeout=60)
+    done = fake.say(user, "😺", "Готово", timeout=60)
 
     assert _chat_methods(fake, user, start) == [
         "sendMessage",  # set started
@@ -136,7 +129,7 @@ def test_newpack_caption_pick_emoji_makes_a_valid_set(fake, bot):
     # The next caption adds to the same set, with a proposed emoji tapped instead of typed.
     start = len(fake.calls)
     after = fake.last_id(user)
-    _say(fake, user, "кошка спит", "Подпись принята")
+    fake.say(user, "кошка спит", "Подпись принята")
     keyboard = _candidates(fake, user, after)
     fake.press(user, keyboard, _button(keyboard, "pick:"))
     ask = fake.wait_for_message(
@@ -147,13 +140,13 @@ def test_newpack_caption_pick_emoji_makes_a_valid_set(fake, bot):
     assert "addStickerToSet" in _chat_methods(fake, user, start)
     assert "createNewStickerSet" not in _chat_methods(fake, user, start)
     assert len(fake.sets[name]["stickers"]) == 2
-    assert "2 стик." in _say(fake, user, "/mypacks", "Ваши наборы")["text"]
+    assert "2 стик." in fake.say(user, "/mypacks", "Ваши наборы")["text"]
 
 
 def test_an_occupied_name_gets_a_numbered_suffix(fake, bot):
     user = 1002
     fake.add_set("sobaki_by_emojich_test_bot", owner=999)
-    _say(fake, user, "/newpack Собаки", "начат")
+    fake.say(user, "/newpack Собаки", "начат")
     done = _make_sticker(fake, user, "собака лает")
     assert "addstickers/sobaki_2_by_emojich_test_bot" in done["text"]
     errors = [c.error for c in fake.calls_named("createNewStickerSet") if c.params["user_id"] == user]
@@ -162,10 +155,10 @@ def test_an_occupied_name_gets_a_numbered_suffix(fake, bot):
 
 def test_a_title_is_asked_for_when_missing(fake, bot):
     user = 1003
-    _say(fake, user, "/newpack", texts.ASK_TITLE)
-    _say(fake, user, "   ", texts.TITLE_EMPTY)
-    _say(fake, user, "я" * 65, texts.TITLE_LONG)
-    _say(fake, user, "Птицы", "Набор «Птицы» начат")
+    fake.say(user, "/newpack", texts.ASK_TITLE)
+    fake.say(user, "   ", texts.TITLE_EMPTY)
+    fake.say(user, "я" * 65, texts.TITLE_LONG)
+    fake.say(user, "Птицы", "Набор «Птицы» начат")
 
 
 @pytest.mark.parametrize(
@@ -181,15 +174,15 @@ def test_a_title_is_asked_for_when_missing(fake, bot):
     ],
 )
 def test_bad_captions_get_a_clear_reply_and_nothing_is_queued(fake, bot, user, caption, reply):
-    _say(fake, user, "/newpack Тест", "начат")
-    _say(fake, user, caption, reply)
+    fake.say(user, "/newpack Тест", "начат")
+    fake.say(user, caption, reply)
     assert bot.services.store.active_job(user) is None
 
 
 def test_latin_only_is_allowed_with_a_note(fake, bot):
     user = 1013
-    _say(fake, user, "/newpack Test", "начат")
-    reply = _say(fake, user, "pink cat", "Подпись принята")
+    fake.say(user, "/newpack Test", "начат")
+    reply = fake.say(user, "pink cat", "Подпись принята")
     assert texts.LATIN_NOTE in reply["text"]
     _candidates(fake, user)
 
@@ -202,16 +195,16 @@ def test_files_unknown_commands_and_text_without_a_set(fake, bot):
     after = fake.last_id(user)
     fake.send_photo(user)
     fake.wait_for_text(user, texts.NOT_TEXT, after=after)
-    _say(fake, user, "/frobnicate", texts.UNKNOWN_COMMAND)
-    _say(fake, user, "кошка", texts.NO_PACK)
-    _say(fake, user, "/cancel", texts.NOTHING_TO_CANCEL)
+    fake.say(user, "/frobnicate", texts.UNKNOWN_COMMAND)
+    fake.say(user, "кошка", texts.NO_PACK)
+    fake.say(user, "/cancel", texts.NOTHING_TO_CANCEL)
     # Inside a set, too.
-    _say(fake, user, "/newpack Файлы", "начат")
+    fake.say(user, "/newpack Файлы", "начат")
     after = fake.last_id(user)
     fake.send_document(user)
     fake.wait_for_text(user, texts.NOT_TEXT, after=after)
-    _say(fake, user, "/frobnicate", texts.UNKNOWN_COMMAND)
-    assert "/newpack" in _say(fake, user, "/help", "/status")["text"]
+    fake.say(user, "/frobnicate", texts.UNKNOWN_COMMAND)
+    assert "/newpack" in fake.say(user, "/help", "/status")["text"]
 
 
 def _pressed(fake, user, message, data):
@@ -228,11 +221,11 @@ def _pressed(fake, user, message, data):
 
 def test_stale_buttons_are_answered_and_removed(fake, bot):
     user, other = 1020, 1021
-    _say(fake, user, "/newpack Старые кнопки", "начат")
-    _say(fake, user, "кошка", "Подпись принята")
+    fake.say(user, "/newpack Старые кнопки", "начат")
+    fake.say(user, "кошка", "Подпись принята")
     old = _candidates(fake, user)
     after = fake.last_id(user)
-    _say(fake, user, "собака", "Подпись принята")  # the newer caption retires the old candidates
+    fake.say(user, "собака", "Подпись принята")  # the newer caption retires the old candidates
     new = _candidates(fake, user, after)
     answer = _pressed(fake, user, old, _button(old, "pick:"))
     assert answer.params.get("text") == texts.STALE_BUTTON and answer.params.get("show_alert") is True
@@ -255,22 +248,22 @@ def test_stale_buttons_are_answered_and_removed(fake, bot):
 
 def test_emoji_step_rejects_text_and_too_many_emoji_then_cancel(fake, bot):
     user = 1030
-    _say(fake, user, "/newpack Эмодзи", "начат")
-    _say(fake, user, "кошка", "Подпись принята")
+    fake.say(user, "/newpack Эмодзи", "начат")
+    fake.say(user, "кошка", "Подпись принята")
     keyboard = _candidates(fake, user)
     fake.press(user, keyboard, _button(keyboard, "pick:"))
     fake.wait_for_text(user, "эмодзи")
-    _say(fake, user, "кот", texts.EMOJI_TEXT)
-    _say(fake, user, "".join(chr(0x1F600 + i) for i in range(21)), texts.EMOJI_COUNT)
-    _say(fake, user, "/cancel", texts.CANCELLED)
+    fake.say(user, "кот", texts.EMOJI_TEXT)
+    fake.say(user, "".join(chr(0x1F600 + i) for i in range(21)), texts.EMOJI_COUNT)
+    fake.say(user, "/cancel", texts.CANCELLED)
     assert bot.services.store.latest_job(user, ("picked",)) is None
-    _say(fake, user, "кошка", texts.NO_PACK)  # the set is closed
+    fake.say(user, "кошка", texts.NO_PACK)  # the set is closed
 
 
 def test_regenerate_and_skip(fake, bot):
     user = 1040
-    _say(fake, user, "/newpack Ещё", "начат")
-    _say(fake, user, "кошка", "Подпись принята")
+    fake.say(user, "/newpack Ещё", "начат")
+    fake.say(user, "кошка", "Подпись принята")
     first = _candidates(fake, user)
     after = fake.last_id(user)
     fake.press(user, first, _button(first, "regen:"))
@@ -287,7 +280,7 @@ def test_regenerate_and_skip(fake, bot):
 
 
 def test_status_without_a_job(fake, bot):
-    reply = _say(fake, 1050, "/status", "нет подписей в работе")
+    reply = fake.say(1050, "/status", "нет подписей в работе")
     assert "Сегодня использовано 0 из 20" in reply["text"]
 
 

@@ -27,12 +27,6 @@ def bot(fake, tmp_path_factory):
     running.stop()
 
 
-def _say(fake, user, text, expect, timeout=30):
-    after = fake.last_id(user)
-    fake.send(user, text)
-    return fake.wait_for_text(user, expect, timeout, after=after)
-
-
 def _has_candidates(message):
     return "pick:" in json.dumps(message.get("reply_markup", {}))
 
@@ -40,7 +34,7 @@ def _has_candidates(message):
 def test_three_users_at_once_wait_their_turn_and_the_bot_keeps_answering(fake, bot):
     users = (2001, 2002, 2003)
     for user in users:
-        _say(fake, user, "/newpack Очередь", "начат")
+        fake.say(user, "/newpack Очередь", "начат")
     marks = {user: fake.last_id(user) for user in users}
     sent = time.monotonic()
     for user in users:  # three captions in one burst, as if sent together
@@ -52,11 +46,11 @@ def test_three_users_at_once_wait_their_turn_and_the_bot_keeps_answering(fake, b
 
     # While the first job is drawn: the queue is full, a second caption is refused, the bot answers.
     asked = time.monotonic()
-    _say(fake, 2004, "/newpack Лишний", "начат")
-    assert "в очереди 3 подписей" in _say(fake, 2004, "кошка", "очень много желающих")["text"]
-    assert "Я ещё рисую вашу прошлую подпись" in _say(fake, 2001, "собака", "прошлую подпись")["text"]
-    assert "3-я в очереди" in _say(fake, 2003, "/status", "в очереди")["text"]
-    assert "/newpack" in _say(fake, 2002, "/help", "/mypacks")["text"]
+    fake.say(2004, "/newpack Лишний", "начат")
+    assert "в очереди 3 подписей" in fake.say(2004, "кошка", "очень много желающих")["text"]
+    assert "Я ещё рисую вашу прошлую подпись" in fake.say(2001, "собака", "прошлую подпись")["text"]
+    assert "3-я в очереди" in fake.say(2003, "/status", "в очереди")["text"]
+    assert "/newpack" in fake.say(2002, "/help", "/mypacks")["text"]
     answered = time.monotonic() - asked
     assert not any(_has_candidates(m) for m in fake.bot_messages(2001)), "answers came only after the job"
     assert answered < DELAY, f"five replies took {answered:.2f} s while a {DELAY} s job ran"
@@ -77,9 +71,9 @@ def test_three_users_at_once_wait_their_turn_and_the_bot_keeps_answering(fake, b
 
 def test_the_daily_quota_counts_regenerations(fake, bot):
     user = 2010
-    _say(fake, user, "/newpack Квота", "начат")
+    fake.say(user, "/newpack Квота", "начат")
     after = fake.last_id(user)
-    _say(fake, user, "кошка", "Подпись принята")
+    fake.say(user, "кошка", "Подпись принята")
     for _ in range(2):  # captions 2 and 3 of today: regenerations
         keyboard = fake.wait_for_message(user, _has_candidates, timeout=60, after=after)
         after = fake.last_id(user)
@@ -92,5 +86,5 @@ def test_the_daily_quota_counts_regenerations(fake, bot):
         fake.press(user, keyboard, regen)
         fake.wait_for_text(user, "Подпись принята", after=after)
     fake.wait_for_message(user, _has_candidates, timeout=60, after=after)
-    assert _say(fake, user, "собака", "лимит исчерпан")["text"] == texts.QUOTA.format(quota=3)
-    assert "Сегодня использовано 3 из 3" in _say(fake, user, "/status", "Сегодня")["text"]
+    assert fake.say(user, "собака", "лимит исчерпан")["text"] == texts.QUOTA.format(quota=3)
+    assert "Сегодня использовано 3 из 3" in fake.say(user, "/status", "Сегодня")["text"]
