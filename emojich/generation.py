@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 from safetensors import safe_open
 
 from emojich.device import resolve_device
-from emojich.fidelity.retrieval import Reference, fidelity_metrics, load_reference, thumbnails
+from emojich.fidelity.retrieval import Reference, fidelity_metrics, load_reference, summarise, thumbnails
 from emojich.imageset import to_uint8
 from emojich.models.dalle import Dalle
 from emojich.models.rrdbnet import RRDBNet
@@ -567,14 +567,17 @@ def measure_fidelity(
     thumbs = [thumbnails(decode(models, r.codes, batch_size)) for r in run.prompts]
     ranks = reference.prompt_ranks(prompts, thumbs)
     metrics: dict[str, Any] = fidelity_metrics(reference, prompts, ranks)
+    # The same measure on what a user is shown: the best `keep` of each learnt prompt.
     kept = [
-        [per[int(i)] for i in r.order[:keep]] if per else []
+        rank
         for r, per in zip(run.prompts, ranks, strict=True)
+        if per and reference.prompt_kind(r.check.text) == "train"
+        for rank in (per[int(i)] for i in r.order[:keep])
     ]
-    kept_metrics = fidelity_metrics(reference, prompts, kept)
-    for name in ("train_top1", "train_top10"):
-        if name in kept_metrics:
-            metrics[f"{name}_kept"] = kept_metrics[name]
+    summary = summarise(kept, len(reference.index.captions))
+    for name in ("top1", "top10"):
+        if name in summary:
+            metrics[f"train_{name}_kept"] = round(summary[name], 4)
     return Fidelity([reference.prompt_kind(p) for p in prompts], ranks, metrics)
 
 

@@ -242,7 +242,7 @@ def test_a_cell_with_a_reference_measures_caption_retrieval_and_records_guidance
         1,
     )
     assert 1 <= fidelity["train_median_rank"] <= 3 and 1 <= fidelity["held_out_median_rank"] <= 3
-    assert fidelity["captions"] == 3 and "real_val_top10" in fidelity
+    assert fidelity["captions"] == 3 and "real_val_top10" in fidelity and "train_top10_kept" in fidelity
     assert json.loads((tmp_path / "metrics.json").read_text())["guidance"] == 2.0
     sidecar = json.loads(next((tmp_path / "kept").glob("*.json")).read_text(encoding="utf-8"))
     assert sidecar["guidance"] == 2.0
