@@ -3,17 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from emojich import __version__
+from emojich.input_checks import (
+    InputError,
+    check_count,
+    check_image_file,
+    check_input_file,
+    check_input_folder,
+    check_output_file,
+    check_output_folder,
+)
 
 if TYPE_CHECKING:
     from emojich.shards import ShardReader
 
+# `-n` above this is almost certainly a typo: sampling is ~0.25-1.5 s per image, so the bound is
+# already minutes per prompt, and memory grows with it (1e9 asked for 512 GB).
+DEFAULT_MAX_IMAGES = 1024
+MAX_IMAGES_ENV = "EMOJICH_MAX_IMAGES"
+# The segment stage's output: `sticker --method auto` uses it when no --weights are given.
+PIPELINE_UNET = Path("data/segment/unet.safetensors")
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (exit 2) instead of usage plus error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emojich", description="Russian captions to emoji stickers.")
+    parser = OneLineErrorParser(prog="emojich", description="Russian captions to emoji stickers.")
     parser.add_argument("--version", action="version", version=f"emojich {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_sticker_command(commands)
@@ -33,17 +58,26 @@ def _add_bot_command(commands: argparse._SubParsersAction) -> None:
         "--token-file or $EMOJICH_BOT_TOKEN and never logged.",
     )
     bot.add_argument(
-        "--token-file", metavar="PATH", help="file holding the bot token (else $EMOJICH_BOT_TOKEN)"
+        "--token-file",
+        metavar="PATH",
+        help="file holding the bot token (default: none, the token is read from $EMOJICH_BOT_TOKEN)",
     )
     bot.add_argument(
         "--api-url",
         default="https://api.telegram.org/bot",
         metavar="URL",
-        help="Bot API server; the token is appended (default: Telegram's, "
+        help="Bot API server; the token is appended (default: Telegram's, %(default)s; "
         "e.g. http://127.0.0.1:8081/bot for a local server)",
     )
-    bot.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
-    bot.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    bot.add_argument(
+        "--params", default="params.yaml", metavar="PATH", help="settings file (default: %(default)s)"
+    )
+    bot.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="least severe log messages shown (default: %(default)s)",
+    )
     bot.set_defaults(handler=_run_bot)
 
 
@@ -65,19 +99,28 @@ def _add_extract_command(commands: argparse._SubParsersAction) -> None:
     )
     extract.add_argument("folder", metavar="FOLDER", help="a shard folder, e.g. data/upscaled/images")
     extract.add_argument("id", metavar="ID", help="the image id, e.g. twemoji-1f600")
-    extract.add_argument("--kind", help="member kind, e.g. rgb.png or mask.png (needed when several)")
+    extract.add_argument(
+        "--kind",
+        help="member kind, e.g. rgb.png or mask.png (default: the image's only kind; needed when it has several)",
+    )
     extract.add_argument("--out", metavar="OUT", help="destination file (default: ./ID.KIND)")
     extract.set_defaults(handler=_run_extract)
 
 
 def _run_extract(args: argparse.Namespace) -> int:
-    from emojich.shards import ShardError, ShardReader
+    from emojich.shards import ShardError, ShardReader, shard_paths
     from emojich.storage import write_bytes_atomic
 
+    check_input_folder(args.folder, "FOLDER")
+    if not shard_paths(args.folder):
+        raise InputError(f"FOLDER {args.folder} holds no shards (*.tar)")
+    if args.out is not None:
+        check_output_file(args.out, "--out")
     try:
         with ShardReader(args.folder) as shards:
             kind = _member_kind(shards, args.id, args.kind)
             dest = args.out or f"{args.id}.{kind}"
+            check_output_file(dest, "--out")
             write_bytes_atomic(dest, shards.read(args.id, kind))
             print(f"{shards.ref(args.id, kind)} -> {dest}")
     except ShardError as error:  # also a folder holding tar files this project did not write
@@ -113,10 +156,16 @@ def _add_lineage_command(commands: argparse._SubParsersAction) -> None:
         help="a file, or an upscaled or prepared image as <shard>:<member>, "
         "e.g. data/prepared/images/prepared-00000.tar:twemoji-1f600.rgb.png",
     )
-    lineage.add_argument("--json", action="store_true", help="machine-readable output")
-    lineage.add_argument("--root", default=".", help="the project checkout (default: the current folder)")
     lineage.add_argument(
-        "--no-items", action="store_true", help="skip re-hashing every training item's source image"
+        "--json", action="store_true", help="machine-readable output (default: off, text for people)"
+    )
+    lineage.add_argument(
+        "--root", default=".", help="the project checkout (default: %(default)s, the current folder)"
+    )
+    lineage.add_argument(
+        "--no-items",
+        action="store_true",
+        help="skip re-hashing every training item's source image (default: off, every item is checked)",
     )
     lineage.set_defaults(handler=_run_lineage)
 
@@ -134,6 +183,17 @@ def _run_lineage(args: argparse.Namespace) -> int:
     return 1 if result.breaks else 0
 
 
+def _unit_interval(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
 def _add_sticker_command(commands: argparse._SubParsersAction) -> None:
     sticker = commands.add_parser(
         "sticker",
@@ -146,30 +206,68 @@ def _add_sticker_command(commands: argparse._SubParsersAction) -> None:
         "--method",
         choices=("auto", "unet", "contour"),
         default="auto",
-        help="auto: the U-Net, or the contour method when its confidence is below --threshold",
+        help="auto: the U-Net, or the contour method when its confidence is below --threshold; "
+        "unet: always the U-Net; contour: no model (default: %(default)s)",
     )
     sticker.add_argument(
-        "--weights", help="U-Net weights (.safetensors from the segment stage, or the published .bin)"
+        "--weights",
+        metavar="PATH",
+        help="U-Net weights (.safetensors from the segment stage, or the published .bin) "
+        f"(default: {PIPELINE_UNET} when it exists, else the contour method)",
     )
-    sticker.add_argument("--preset", choices=("demo", "paper", "published-b5"), default="demo")
-    sticker.add_argument("--threshold", type=float, default=0.99)
+    sticker.add_argument(
+        "--preset",
+        choices=("demo", "paper", "published-b5"),
+        default="demo",
+        help="U-Net architecture for weights that do not carry their own (default: %(default)s)",
+    )
+    sticker.add_argument(
+        "--threshold",
+        type=_unit_interval,
+        default=0.99,
+        metavar="T",
+        help="with --method auto, the U-Net confidence in [0, 1] below which the contour method is used "
+        "(default: %(default)s)",
+    )
     sticker.set_defaults(handler=_run_sticker)
 
 
 def _run_sticker(args: argparse.Namespace) -> int:
+    from safetensors import SafetensorError
+
+    from emojich.models.checkpoints import CheckpointError
     from emojich.stickers import sticker_from_file
 
-    if args.method == "unet" and not args.weights:
-        print("emojich sticker: --method unet needs --weights", file=sys.stderr)
-        return 2
-    report = sticker_from_file(args.source, args.dest, args.method, args.weights, args.preset, args.threshold)
+    check_image_file(args.source, "IN")
+    check_output_file(args.dest, "OUT", suffixes=(".webp", ".png"))
+    weights = args.weights
+    if weights is None and args.method != "contour" and PIPELINE_UNET.is_file():
+        weights = str(PIPELINE_UNET)
+        print(f"using the pipeline's U-Net {PIPELINE_UNET}")
+    if args.method == "unet" and not weights:
+        raise InputError(f"--method unet needs --weights (and there is no {PIPELINE_UNET})")
+    if weights and args.method != "contour":
+        check_input_file(weights, "--weights")
+    try:
+        report = sticker_from_file(args.source, args.dest, args.method, weights, args.preset, args.threshold)
+    except (CheckpointError, SafetensorError) as error:  # the weights are read first, before any output
+        raise InputError(f"--weights {weights} is not a U-Net checkpoint ({error})") from error
     if report.note:
-        print(report.note)
+        fell_back = not weights and args.method == "auto"
+        print(f"{report.note} (no --weights, and no {PIPELINE_UNET})" if fell_back else report.note)
     confidence = "n/a" if report.confidence is None else f"{report.confidence:.4f}"
     print(f"method: {report.method}  confidence: {confidence}  encoding: {report.encoding}  -> {args.dest}")
     for problem in report.problems:
         print(f"not a valid Telegram sticker: {problem}", file=sys.stderr)
     return 1 if report.problems else 0
+
+
+def _max_images_default() -> int:
+    text = os.environ.get(MAX_IMAGES_ENV, "")
+    try:
+        return int(text) if text else DEFAULT_MAX_IMAGES
+    except ValueError:
+        raise InputError(f"${MAX_IMAGES_ENV} must be an integer, got {text!r}") from None
 
 
 def _add_generate_command(commands: argparse._SubParsersAction) -> None:
@@ -180,42 +278,143 @@ def _add_generate_command(commands: argparse._SubParsersAction) -> None:
         "write 512 px PNGs, JSON sidecars and a contact sheet into OUT.",
     )
     generate.add_argument("prompts", nargs="*", metavar="PROMPT", help="e.g. «розовая альпака улыбается»")
-    generate.add_argument("--prompts-file", help="more prompts, one per line")
-    generate.add_argument("-n", "--images", type=int, default=16, help="images per prompt")
-    generate.add_argument("--keep-best", type=int, help="write only the best K per prompt (default: all)")
-    generate.add_argument("--top-k", type=int, default=2048, help="clamped to the image vocabulary")
-    generate.add_argument("--top-p", type=float, default=0.995)
-    generate.add_argument("--temperature", type=float, default=1.0)
-    generate.add_argument("--seed", type=int, default=42)
+    generate.add_argument("--prompts-file", metavar="PATH", help="more prompts, one per line (default: none)")
     generate.add_argument(
-        "--guidance", type=float, default=1.0, help="classifier-free guidance scale; 1 = off (the report)"
-    )
-    generate.add_argument("--out", required=True, metavar="DIR")
-    generate.add_argument("--checkpoint", default="data/finetune/model.safetensors")
-    generate.add_argument(
-        "--tokens", default="data/tokens", help="folder with bpe.json and vqgan.safetensors"
+        "-n",
+        "--images",
+        type=int,
+        default=16,
+        metavar="N",
+        help="images sampled per prompt, at most --max-images (default: %(default)s)",
     )
     generate.add_argument(
-        "--upscaler", default="data/upscaled/rrdbnet.safetensors", help="'' for Lanczos only"
+        "--max-images",
+        type=int,
+        metavar="N",
+        help=f"upper bound on -n, a guard against typos that would start a job of hours "
+        f"(default: ${MAX_IMAGES_ENV}, else {DEFAULT_MAX_IMAGES})",
     )
-    generate.add_argument("--batch-size", type=int, default=8)
-    generate.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    generate.add_argument(
+        "--keep-best", type=int, metavar="K", help="write only the best K per prompt (default: all N)"
+    )
+    generate.add_argument(
+        "--top-k",
+        type=int,
+        default=2048,
+        help="sample from the K likeliest codes, clamped to the image vocabulary (default: %(default)s)",
+    )
+    generate.add_argument(
+        "--top-p",
+        type=float,
+        default=0.995,
+        help="nucleus sampling: the likeliest codes holding this probability mass (default: %(default)s)",
+    )
+    generate.add_argument(
+        "--temperature", type=float, default=1.0, help="softmax temperature (default: %(default)s)"
+    )
+    generate.add_argument(
+        "--seed", type=int, default=42, help="random seed; same seed, same images (default: %(default)s)"
+    )
+    generate.add_argument(
+        "--guidance",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance scale; 1 = off, as in the report (default: %(default)s)",
+    )
+    generate.add_argument("--out", required=True, metavar="DIR", help="output folder (required)")
+    generate.add_argument(
+        "--checkpoint",
+        default="data/finetune/model.safetensors",
+        metavar="PATH",
+        help="fine-tuned model (default: %(default)s)",
+    )
+    generate.add_argument(
+        "--tokens",
+        default="data/tokens",
+        metavar="DIR",
+        help="folder with bpe.json and vqgan.safetensors (default: %(default)s)",
+    )
+    generate.add_argument(
+        "--upscaler",
+        default="data/upscaled/rrdbnet.safetensors",
+        metavar="PATH",
+        help="super-resolution model to 512 px; '' for Lanczos only (default: %(default)s)",
+    )
+    generate.add_argument(
+        "--batch-size", type=int, default=8, help="images sampled at once (default: %(default)s)"
+    )
+    generate.add_argument(
+        "--device",
+        default="auto",
+        help="auto (the GPU when there is one), cpu or cuda (default: %(default)s)",
+    )
     generate.set_defaults(handler=_run_generate)
+
+
+def _check_generate(args: argparse.Namespace) -> None:
+    """Everything about `generate`'s arguments that can be known before the models load."""
+    max_images = args.max_images if args.max_images is not None else _max_images_default()
+    check_count(
+        args.images,
+        "-n",
+        max_images,
+        f"raise the limit with --max-images or ${MAX_IMAGES_ENV} if you mean it",
+    )
+    if args.keep_best is not None and args.keep_best < 1:
+        raise InputError(f"--keep-best must be >= 1, got {args.keep_best}")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.prompts_file:
+        check_input_file(args.prompts_file, "--prompts-file")
+    tokens = check_input_folder(args.tokens, "--tokens")
+    for name in ("bpe.json", "vqgan.safetensors"):
+        check_input_file(tokens / name, "--tokens")
+    check_input_file(args.checkpoint, "--checkpoint")
+    if args.upscaler:
+        check_input_file(args.upscaler, "--upscaler")
+    _check_device(args.device)
+    check_output_folder(args.out, "--out")
+
+
+def _check_device(name: str) -> None:
+    if name == "auto":
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise InputError(f"--device {name!r} is not a device torch knows ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: no CUDA GPU is available")
 
 
 def _run_generate(args: argparse.Namespace) -> int:
     from emojich.generation import generate_command
 
+    _check_generate(args)
     return generate_command(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version or a bad argument: a status, for in-process callers too
+        return done.code if isinstance(done.code, int) else 2
     if not getattr(args, "handler", None):
-        parser.print_help()
-        return 0
-    return int(args.handler(args) or 0)
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except InputError as error:
+        print(f"emojich {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        # What the checks could not foresee (a disk that fills up, a file removed meanwhile) is
+        # still about the files given, not a bug: one line, not a traceback.
+        print(f"emojich {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
