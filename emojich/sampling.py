@@ -31,10 +31,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from emojich.models.dalle import Dalle, masked_attention
 from emojich.models.masks import build_mask
+from emojich.progress import progress_bar
 
 # A run of allowed keys as a (possibly strided) slice, or the explicit positions of a scattered set.
 Segment = slice | torch.Tensor
@@ -336,7 +336,7 @@ def generate(
     decoder = IncrementalDecoder(model, 2 * batch_size if guided else batch_size, dtype)
     codes = torch.empty(total, steps, dtype=torch.long)
     scores = torch.empty(total)
-    bar = tqdm(total=total * steps, disable=not progress, desc="sampling", unit="tok")
+    bar = progress_bar(total=total * steps, disable=not progress, desc="sampling", unit="tok")
     try:
         with torch.inference_mode():
             for start in range(0, total, batch_size):

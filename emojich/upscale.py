@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
 
 from emojich.models.rrdbnet import RRDBNet, RRDBNetConfig
+from emojich.progress import progress_bar
 
 # Pillow's Lanczos filter is antialiased when reducing, so one call serves both directions.
 RESAMPLE = Image.Resampling.LANCZOS
@@ -159,7 +159,7 @@ def super_resolve(
     model = model.eval().to(memory_format=torch.channels_last)
     with (
         torch.inference_mode(),
-        tqdm(total=len(images), desc="super-resolve", unit="img", disable=not progress) as bar,
+        progress_bar(total=len(images), desc="super-resolve", unit="img", disable=not progress) as bar,
     ):
         for group in _size_groups(images, batch_size):
             batch = to_tensor([images[i] for i in group]).to(device)
@@ -269,7 +269,7 @@ def train_rrdbnet(
         optimiser = torch.optim.Adam(model.parameters(), lr=train.lr, betas=(0.9, 0.99))
         losses = []
         model.train()
-        for _ in tqdm(range(train.steps), desc="train rrdbnet", unit="step", disable=not progress):
+        for _ in progress_bar(range(train.steps), desc="train rrdbnet", unit="step", disable=not progress):
             hr = _sample_patches(sources, train.batch, side, generator)
             loss = F.l1_loss(model(downscale(hr, config.scale)), hr)
             optimiser.zero_grad(set_to_none=True)

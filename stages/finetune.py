@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 import emojich.finetune
 import emojich.models.dalle
@@ -37,9 +36,11 @@ from emojich.finetune import (
     validation_loss,
 )
 from emojich.imageset import image_grid, save_png, to_uint8
+from emojich.logs import setup_logging
 from emojich.models.dalle import Dalle, DalleConfig
 from emojich.models.vqgan import VQGan
 from emojich.params import from_dict, load_section
+from emojich.progress import progress_bar
 from emojich.sampling import generate
 from emojich.storage import sha256_file, write_csv_atomic, write_json_atomic, write_text_atomic
 from emojich.tokenizer import TextTokenizer
@@ -258,7 +259,7 @@ def finetune(params: FinetuneParams, tokens: Path = TOKENS, out: Path = OUT) -> 
 
     if trainer.step == 0:
         evaluate(0)
-    bar = tqdm(total=trainer.total_steps, initial=trainer.step, desc="finetune", unit="step")
+    bar = progress_bar(total=trainer.total_steps, initial=trainer.step, desc="finetune", unit="step")
 
     def on_step(record: StepLog) -> None:
         step = record.step + 1
@@ -325,7 +326,7 @@ def _restore_logs(out: Path, step: int, *logs: CsvLog) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     params = from_dict(FinetuneParams, load_section("finetune"), "finetune")
     metrics = finetune(params)

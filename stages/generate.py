@@ -32,6 +32,7 @@ from emojich.generation import (
     read_prompts,
     write_cell,
 )
+from emojich.logs import setup_logging
 from emojich.params import from_dict, load_section
 
 log = logging.getLogger("stages.generate")
@@ -83,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args = parse_args(argv)
     try:
         params = from_dict(GenerateParams, load_section("generate", args.params), "generate")

@@ -22,8 +22,6 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
-
 from emojich.data.catalogue import CAPTIONS_FILE, CatalogueRow, read_catalogue
 from emojich.data.images import (
     DEFAULT_MAX_PIXELS,
@@ -35,6 +33,7 @@ from emojich.data.images import (
 from emojich.data.split import SPLITS, split_captions, split_of
 from emojich.layout import IMAGES_DIR, MASK_KIND, PREPARED_PREFIX, RAW_KIND, RGB_KIND, RGBA_KIND
 from emojich.params import from_dict, load_section
+from emojich.progress import progress_bar
 from emojich.shards import ShardReader, ShardWriter
 from emojich.storage import dumps_csv, sha256_bytes, write_json_atomic, write_text_atomic
 
@@ -129,7 +128,9 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool 
         ShardWriter(out_dir / IMAGES_DIR, PREPARED_PREFIX) as shards,
     ):
         stream = _outcomes(rows, raw, params)
-        for outcome in tqdm(stream, total=len(rows), desc="prepare", unit="img", disable=not progress):
+        for outcome in progress_bar(
+            stream, total=len(rows), desc="prepare", unit="img", disable=not progress
+        ):
             if outcome.members is None:
                 rejected.append(outcome)
                 continue

@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from emojich.data.catalogue import CatalogueRow, catalogue_stats, write_catalogue, write_stats
+from emojich.logs import setup_logging
 from emojich.params import from_dict, load_section
 from emojich.storage import remove_stale_temporaries
 
@@ -55,7 +56,7 @@ def scrape(
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     params = from_dict(ScrapeParams, load_section("scrape"), "scrape")
     RAW_DIR.mkdir(parents=True, exist_ok=True)
     HTTP_CACHE_DIR.mkdir(parents=True, exist_ok=True)  # a declared output, also when unused offline

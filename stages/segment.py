@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from emojich.layout import IMAGES_DIR, MASK_KIND, RGB_KIND
+from emojich.logs import setup_logging
 from emojich.params import from_dict, load_section
 from emojich.segment.contour import ContourConfig, contour_alpha
 from emojich.segment.metrics import mask_scores
@@ -258,7 +259,7 @@ def _finite(value: float) -> float | None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     params = from_dict(SegmentParams, load_section("segment"), "segment")
     metrics = segment(params)
     log.info("%s", metrics)

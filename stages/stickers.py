@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from emojich.logs import setup_logging
 from emojich.params import from_dict, load_section
 from emojich.stickers import (
     MAX_STICKER_BYTES,
@@ -122,7 +123,7 @@ def make_stickers(params: StickersParams, segment_dir: Path = SEGMENT_DIR, out_d
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     params = from_dict(StickersParams, load_section("stickers"), "stickers")
     metrics = make_stickers(params)
     log.info("%d stickers, %d valid, methods %s", metrics["count"], metrics["valid"], metrics["methods"])

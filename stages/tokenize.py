@@ -22,6 +22,7 @@ from emojich.fidelity.colour import block_delta_e
 from emojich.fidelity.retrieval import THUMBNAILS_FILE, thumbnails
 from emojich.imageset import image_grid, load_images, save_png
 from emojich.layout import IMAGES_DIR, RGB_KIND
+from emojich.logs import setup_logging
 from emojich.models.vqgan import (
     VQGan,
     VQGanConfig,
@@ -169,7 +170,7 @@ def write_index(rows: list[dict[str, str]], dest: Path) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     params = from_dict(TokenizeParams, load_section("tokenize"), "tokenize")
     metrics = tokenize(params)
     log.info("%s", metrics)

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from emojich.data.images import PreparedRow, decode_png_array, encode_png, read_prepared_manifest
 from emojich.data.split import TRAIN, VALIDATION
 from emojich.layout import IMAGES_DIR, MASK_KIND, RGB_KIND, UPSCALED_PREFIX
 from emojich.models.rrdbnet import RRDBNet, preset
 from emojich.params import from_dict, load_section
+from emojich.progress import progress_bar
 from emojich.shards import ShardReader, ShardWriter
 from emojich.storage import sha256_bytes, write_csv_atomic, write_json_atomic
 from emojich.upscale import (
@@ -151,7 +151,7 @@ def _upscale_dataset(
     chunk = max(params.batch_size * 8, 64)
     sr_model = None if variant == FALLBACK else model
     with (
-        tqdm(total=len(rows), desc="upscale", unit="img", disable=not progress) as bar,
+        progress_bar(total=len(rows), desc="upscale", unit="img", disable=not progress) as bar,
         ShardWriter(out_dir / IMAGES_DIR, UPSCALED_PREFIX) as shards,
     ):
         for start in range(0, len(rows), chunk):

@@ -46,10 +46,10 @@ from urllib.parse import urldefrag, urljoin, urlsplit
 
 from bs4 import BeautifulSoup, Tag
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from emojich.data.catalogue import CatalogueRow, normalise_caption, write_raw_images
 from emojich.data.http import ClientConfig, FetchError, PoliteClient, Response, host_of, url_key
+from emojich.progress import progress_bar
 from emojich.storage import remove_stale_temporaries, sha256_bytes
 
 log = logging.getLogger(__name__)
@@ -501,4 +501,6 @@ def _ordered_map(
 ) -> Iterator[R]:
     """`pool.map` (results in input order, whatever order they finish in) with a progress bar."""
     results = pool.map(func, items)
-    yield from tqdm(results, total=len(items), unit=unit, disable=not progress, leave=False)
+    yield from progress_bar(
+        results, desc=f"fetch {unit}", total=len(items), unit=unit, disable=not progress, leave=False
+    )

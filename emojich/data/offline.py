@@ -46,6 +46,7 @@ from emojich.data.russian import (
     strip_skin_tone,
 )
 from emojich.layout import IMAGES_DIR, RAW_KIND
+from emojich.progress import progress_bar
 from emojich.shards import ShardError, ShardReader, shard_paths
 from emojich.storage import sha256_file, write_json_atomic
 
@@ -365,7 +366,7 @@ def _render(job: _Job) -> bytes | str:
 
 
 def _render_all(jobs: list[_Job], progress: bool) -> list[bytes | str]:
-    with tqdm(total=len(jobs), desc="render", unit="img", disable=not progress) as bar:
+    with progress_bar(total=len(jobs), desc="render", unit="img", disable=not progress) as bar:
         if len(jobs) < _PARALLEL_FROM or _WORKERS < 2:
             return [_tick(result, bar) for result in map(_render, jobs)]
         with ProcessPoolExecutor(_WORKERS) as pool:

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from emojich.progress import progress_bar
 from emojich.segment.metrics import mask_scores
 from emojich.segment.unet import predict, predict_many, to_network_input
 from emojich.training import epoch_order
@@ -129,7 +129,7 @@ def train_unet(
     model.train()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        bar = tqdm(range(steps), desc="train U-Net", disable=not progress, leave=False)
+        bar = progress_bar(range(steps), desc="train U-Net", disable=not progress, leave=False)
         for step in bar:
             epoch, position = divmod(step, per_epoch)
             indices = epoch_order(len(dataset), seed, epoch)[
