@@ -247,7 +247,7 @@ def _run_sticker(args: argparse.Namespace) -> int:
     if args.method == "unet" and not weights:
         raise InputError(f"--method unet needs --weights (and there is no {PIPELINE_UNET})")
     if weights and args.method != "contour":
-        check_input_file(weights, "--weights")
+        _check_weights(weights)
     try:
         report = sticker_from_file(args.source, args.dest, args.method, weights, args.preset, args.threshold)
     except (CheckpointError, SafetensorError) as error:  # the weights are read first, before any output
@@ -260,6 +260,29 @@ def _run_sticker(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(f"not a valid Telegram sticker: {problem}", file=sys.stderr)
     return 1 if report.problems else 0
+
+
+def _check_weights(path: str) -> None:
+    """A cheap look at the file's format, so that a wrong file is reported before the U-Net is built."""
+    import zipfile
+
+    from safetensors import SafetensorError, safe_open
+
+    weights = check_input_file(path, "--weights")
+    if weights.suffix == ".safetensors":
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass  # reads only the header
+        except SafetensorError as error:
+            raise InputError(f"--weights {weights} is not a U-Net checkpoint ({error})") from None
+        return
+    with open(weights, "rb") as handle:
+        # torch.save writes a zip archive; files from before torch 1.6 are a pickle (protocol byte 0x80).
+        pickled = handle.read(1) == b"\x80"
+    if not (pickled or zipfile.is_zipfile(weights)):
+        raise InputError(
+            f"--weights {weights} is not a U-Net checkpoint (neither safetensors nor torch.save)"
+        )
 
 
 def _max_images_default() -> int:

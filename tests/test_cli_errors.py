@@ -84,7 +84,7 @@ def test_sticker_threshold_must_be_in_the_unit_interval(tmp_path, capsys, image,
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".bin"])
-def test_sticker_weights_that_are_not_a_checkpoint(tmp_path, capsys, image, suffix):
+def test_sticker_weights_that_are_not_a_checkpoint(tmp_path, capsys, image, suffix, no_model_loads):
     weights = tmp_path / f"weights{suffix}"
     weights.write_bytes(b"this is not a checkpoint at all")
     out = tmp_path / "out.png"
