@@ -1,6 +1,7 @@
 # Everything a fresh machine needs: Python >= 3.11 and network access to the package registry.
 # `make repro` and `make test` bootstrap the environment themselves from the committed uv.lock
-# (with the `bot` extra: the Telegram bot and its tests).
+# (with the `bot` extra: the Telegram bot and its tests), and fetch the pinned npm files: the chart
+# libraries for `dvc plots show` (into .venv/share/emojich/).
 
 PYTHON ?= python3
 UV_VERSION := 0.13.8
@@ -8,6 +9,12 @@ TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
 STAMP := $(VENV)/.synced
+# Inside the environment: DVC's queued experiments run in temporary copies of the repository that
+# share .venv but not other git-ignored folders.
+THIRD_PARTY := $(VENV)/share/emojich
+NPM_PINS := plots/vega_packages.json
+NPM_STAMP := $(THIRD_PARTY)/npm/.fetched
+PLOTS_TEMPLATE := $(THIRD_PARTY)/plots.html
 
 export DVC_NO_ANALYTICS := 1
 export PREFECT_HOME := $(CURDIR)/.prefect
@@ -18,7 +25,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup repro test lint dag bot clean-env
 
-setup: $(STAMP)
+setup: $(STAMP) $(NPM_STAMP) $(PLOTS_TEMPLATE)
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -27,6 +34,15 @@ $(UV):
 $(STAMP): uv.lock pyproject.toml | $(UV)
 	$(UV) sync --frozen --extra bot --python $(PYTHON)
 	@touch $@
+
+# Pinned tarballs from the npm registry, checked against the pins' integrity (tools/npm_fetch.py).
+$(NPM_STAMP): $(NPM_PINS) tools/npm_fetch.py | $(STAMP)
+	$(VENV)/bin/python tools/npm_fetch.py --into $(THIRD_PARTY)/npm $(NPM_PINS)
+	@touch $@
+
+# The `dvc plots show` template (.dvc/config: plots.html_template) with the chart libraries inlined.
+$(PLOTS_TEMPLATE): plots/template.html tools/inline_scripts.py $(NPM_STAMP)
+	$(VENV)/bin/python tools/inline_scripts.py plots/template.html $(THIRD_PARTY)/npm $@
 
 repro: setup
 	$(VENV)/bin/dvc repro
