@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.pipeline import ROOT, dvc, run
+from tools.inline_scripts import InlineError, inline
 
 LIBRARIES = ("vega", "vega-lite", "vega-embed")
 
@@ -60,6 +61,29 @@ def test_template_is_made_by_setup_with_the_pinned_libraries_inline() -> None:
     assert {pin["licence"] for pin in pins} == {"BSD-3-Clause"}
     for pin in pins:
         assert f"/* {pin['name']}/build/{pin['name']}.min.js */" in page
+
+
+@pytest.mark.parametrize(
+    ("script", "problem"),
+    [
+        ("var a = '</script>';", "</script"),  # would end the inline script early
+        ("var a = '{plot_divs}';", "{plot_divs}"),  # DVC would put the charts inside the script
+        (None, "make setup"),  # not fetched
+    ],
+)
+def test_inlining_refuses_what_would_break_the_page(tmp_path: Path, script: str | None, problem: str) -> None:
+    if script is not None:
+        (tmp_path / "lib").mkdir()
+        (tmp_path / "lib/lib.js").write_text(script, encoding="utf-8")
+    with pytest.raises(InlineError, match=re.escape(problem)):
+        inline("<head><!-- inline: lib/lib.js --></head>{plot_divs}", tmp_path)
+
+
+def test_inlining_puts_the_script_in_the_page(tmp_path: Path) -> None:
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib/lib.js").write_text("var lib = 1;", encoding="utf-8")
+    page = inline("<head><!-- inline: lib/lib.js --></head>{plot_divs}", tmp_path)
+    assert page == "<head><script>/* lib/lib.js */\nvar lib = 1;\n</script></head>{plot_divs}"
 
 
 def _check_page(page: str) -> None:

@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     except (InlineError, OSError) as error:
         print(f"inline_scripts: {error}", file=sys.stderr)
         return 2
+    if args.out.is_file() and args.out.read_text(encoding="utf-8") == page:
+        return 0  # up to date: not rewritten, so make and DVC see no change
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_name(args.out.name + ".partial")
     partial.write_text(page, encoding="utf-8")

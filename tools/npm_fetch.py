@@ -147,15 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--into", type=Path, required=True, help="folder that receives <name>/<file>")
     parser.add_argument("pins", type=Path, nargs="+", help="committed pin files (JSON)")
     args = parser.parse_args(argv)
+    present = 0
     try:
         for pin_file in args.pins:
             for pin in read_pins(pin_file):
-                fetched = fetch(pin, args.into)
-                state = "fetched and verified" if fetched else "already present"
-                print(f"npm: {pin.name}@{pin.version} ({pin.licence}) {state}")
+                if fetch(pin, args.into):
+                    print(f"npm: {pin.name}@{pin.version} ({pin.licence}) fetched and verified")
+                else:
+                    present += 1
     except PinError as error:
         print(f"npm_fetch: {error}", file=sys.stderr)
         return 2
+    if present:
+        print(f"npm: {present} pinned package(s) already present in {args.into}")
     return 0
 
 
