@@ -9,18 +9,26 @@ Output:
   data/raw/ (`images/raw-00000.tar:<id>.png`) and `sha256` the hash of that member's bytes;
 - `stats.json`: counts, skip reasons and package versions.
 
-`scrape.source` picks the offline catalogue built from installed packages (default) or the
-web crawler configured in `scrape.web`.
+`scrape.source` picks the offline catalogue built from what `make setup` installs (default) or the
+web crawler configured in `scrape.web`. A source the params ask for that is not on this machine
+(Debian's Noto font, or CLDR's names before `make setup`) is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from collections import Counter
 from pathlib import Path
 
-from emojich.data.catalogue import CatalogueRow, catalogue_stats, write_catalogue, write_stats
+from emojich.data.catalogue import (
+    CatalogueRow,
+    SourceUnavailable,
+    catalogue_stats,
+    write_catalogue,
+    write_stats,
+)
 from emojich.logs import setup_logging
 from emojich.params import from_dict, load_section
 from emojich.storage import remove_stale_temporaries
@@ -61,7 +69,11 @@ def main() -> None:
     RAW_DIR.mkdir(parents=True, exist_ok=True)
     HTTP_CACHE_DIR.mkdir(parents=True, exist_ok=True)  # a declared output, also when unused offline
     remove_stale_temporaries(RAW_DIR)
-    rows, skipped, extra = scrape(params)
+    try:
+        rows, skipped, extra = scrape(params)
+    except SourceUnavailable as error:
+        print(f"scrape: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     # Cache hits and download counts differ between runs; they go to the log, not the DVC metric.
     http_counts = extra.pop("http", None)
     if http_counts:

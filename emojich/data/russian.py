@@ -9,24 +9,31 @@ would turn a correct word into a wrong one is left out, even if it would fix mor
 
 «ё» was flattened to «е» the same way, but CLDR's Russian names also write «е», so it is left alone.
 
-Where Debian's `unicode-cldr-core` is installed, CLDR's "tts" names (the short names the emoji
-package's names were derived from) are read directly and need no repair.
+CLDR's own "tts" names (the short names the emoji package's names were derived from) come first and
+need no repair. They are read from the npm registry's `cldr-annotations-full` and
+`cldr-annotations-derived-full` packages (names of sequences: flags, keycaps, skin-tone and ZWJ
+variants), pinned in `cldr_packages.json` and fetched by `make setup` into `.venv/share/emojich/npm/`, so every
+machine builds its captions from the same CLDR release. Nothing is read from the system: Debian's
+`unicode-cldr-core`, where installed, is another release and would give another dataset.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
-import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+import sys
 from pathlib import Path
 
-from emojich.data.catalogue import normalise_caption
+from emojich.data.catalogue import SourceUnavailable, normalise_caption
 
-CLDR_ANNOTATION_FILES = (
-    Path("/usr/share/unicode/cldr/common/annotations/ru.xml"),
-    # Derived names cover sequences: flags, skin-tone and ZWJ variants, keycaps.
-    Path("/usr/share/unicode/cldr/common/annotationsDerived/ru.xml"),
-)
+# The pins (committed; a dependency of the scrape stage through emojich/data) and where `make setup`
+# puts the files they name: <environment>/share/emojich/npm/<package>/<file>. Inside the environment,
+# not the checkout, because DVC's queued experiments run in temporary copies of the repository that
+# share the environment but not its git-ignored folders.
+CLDR_PINS = Path(__file__).with_name("cldr_packages.json")
+NPM_DIR = Path(sys.prefix) / "share" / "emojich" / "npm"
+INTEGRITY_MARKER = ".integrity"  # written by tools/npm_fetch.py once a package's files are in place
 
 VARIATION_SELECTOR = "\ufe0f"
 
@@ -122,20 +129,75 @@ def cldr_key(sequence: str) -> str:
     return sequence.replace(VARIATION_SELECTOR, "")
 
 
-def load_cldr_names(paths: Iterable[Path] = CLDR_ANNOTATION_FILES) -> dict[str, str]:
-    """CLDR's Russian short ("tts") names keyed by `cldr_key`; empty where none are installed."""
+@dataclasses.dataclass(frozen=True)
+class CldrPackage:
+    name: str
+    version: str
+    integrity: str
+    annotations: str  # the Russian annotations file inside the package
+
+
+def cldr_packages(pins: Path = CLDR_PINS) -> list[CldrPackage]:
+    """The pinned CLDR packages, annotations before derived annotations (first name wins)."""
+    entries = json.loads(pins.read_text(encoding="utf-8"))["packages"]
+    return [
+        CldrPackage(
+            entry["name"],
+            entry["version"],
+            entry["integrity"],
+            next(file for file in entry["files"] if file.endswith("/ru/annotations.json")),
+        )
+        for entry in entries
+    ]
+
+
+def cldr_caption(tts: str) -> str:
+    """'флаг: Гвинея-Бисау' -> 'флаг Гвинея-Бисау'.
+
+    CLDR joins a sequence's base name and its qualifier with ': '. Dropping the colon gives the same
+    shape as the emoji package's names (and the demo prompts, «флаг Япония»); the words, hyphens and
+    commas stay as CLDR spells them.
+    """
+    return normalise_caption(tts.replace(": ", " "))
+
+
+def read_cldr_annotations(path: Path) -> dict[str, str]:
+    """One cldr-json annotations file: {cldr_key: caption} from each emoji's "tts" name."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    # cldr-json nests the table under the file's kind: "annotations" or "annotationsDerived".
+    (table,) = data.values()
     names: dict[str, str] = {}
-    for path in paths:
-        if not path.is_file():
-            continue
-        for node in ET.parse(path).getroot().iter("annotation"):
-            # Unconfirmed drafts are proposals that CLDR itself does not ship as data.
-            if node.get("type") != "tts" or node.get("draft") in {"unconfirmed", "provisional"}:
-                continue
-            if node.text and node.get("cp"):
-                names.setdefault(cldr_key(node.get("cp", "")), normalise_caption(node.text))
+    for sequence, entry in table["annotations"].items():
+        tts = entry.get("tts") or []
+        if tts and tts[0].strip():
+            names.setdefault(cldr_key(sequence), cldr_caption(tts[0]))
     return names
 
 
-def installed_cldr_files(paths: Iterable[Path] = CLDR_ANNOTATION_FILES) -> list[Path]:
-    return [path for path in paths if path.is_file()]
+def load_cldr_names(npm_dir: Path = NPM_DIR, pins: Path = CLDR_PINS) -> dict[str, str]:
+    """CLDR's Russian short names keyed by `cldr_key`, from the pinned packages.
+
+    Raises SourceUnavailable when `make setup` has not fetched them, or fetched other versions: a
+    catalogue without them would silently have other captions.
+    """
+    names: dict[str, str] = {}
+    for package in cldr_packages(pins):
+        folder = npm_dir / package.name
+        path = folder / package.annotations
+        marker = folder / INTEGRITY_MARKER
+        if not path.is_file() or not marker.is_file():
+            raise SourceUnavailable(
+                f"{package.name}@{package.version} not found in {folder}; run `make setup`"
+            )
+        if marker.read_text(encoding="utf-8").strip() != package.integrity:
+            raise SourceUnavailable(
+                f"{folder} holds another version than the pinned {package.name}@{package.version}; run `make setup`"
+            )
+        for key, caption in read_cldr_annotations(path).items():
+            names.setdefault(key, caption)
+    return names
+
+
+def cldr_versions(pins: Path = CLDR_PINS) -> dict[str, str]:
+    """{package: version} of the pinned CLDR packages, for the stage's stats."""
+    return {package.name: package.version for package in cldr_packages(pins)}
