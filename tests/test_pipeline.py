@@ -108,17 +108,15 @@ def _stage_outcomes(log: str) -> tuple[list[str], set[str]]:
 
 
 @pytest.mark.slow
-def test_an_experiment_adding_a_seed_restores_everything_upstream_and_runs_only_the_new_cells(repo):
-    """A fresh temporary workspace, as `dvc queue start` and the nightly sweep use: nothing may train."""
+def test_an_experiment_on_stickers_params_restores_every_upstream_stage(repo):
+    """A fresh temporary workspace, as `dvc queue start` and the nightly sweep use: nothing upstream
+    of the changed param may run, finetune and the generate cells included (no `persist` outputs)."""
     path, _ = repo
-    before = set(dvc("stage", "list", "--name-only", cwd=path).stdout.split())
-    result = dvc("exp", "run", "--temp", "-S", "generate.grid.seed=[42,7]", cwd=path)
+    stages = set(dvc("stage", "list", "--name-only", cwd=path).stdout.split())
+    result = dvc("exp", "run", "--temp", "-S", "stickers.preview_columns=4", cwd=path)
     ran, reused = _stage_outcomes(result.stdout + result.stderr)
-    new_cells = {"generate@8-0.995-1.0-7", "generate@32-0.995-1.0-7"}
-    # segment trains on the kept images of every cell, and stickers follow its masks (README).
-    assert sorted(ran) == sorted([*new_cells, "segment", "stickers"]), result.stdout
-    assert reused == before - {"segment", "stickers"}, result.stdout
-    assert {"scrape", "finetune"} <= reused
+    assert ran == ["stickers"], result.stdout
+    assert reused == stages - {"stickers"}, result.stdout
 
 
 @pytest.mark.slow
