@@ -610,10 +610,15 @@ def write_cell(
     thumb: int = 128,
     progress: bool = True,
     reference: Reference | None = None,
+    record: str = "metrics.json",
+    timing_file: str | None = "timing.json",
 ) -> dict[str, Any]:
-    """Sample, rank and write one cell into `out` (layout in stages/generate.py); returns its metrics.
+    """Sample, rank and write one cell into `out` (layout in stages/generate.py); returns its metrics,
+    its `notes` and its `timing`.
 
-    With a `reference` (the real catalogue), the metrics gain caption retrieval (`fidelity`)."""
+    With a `reference` (the real catalogue), the metrics gain caption retrieval (`fidelity`). The
+    metrics go to `out/<record>`; the timing, which differs run to run, to `out/<timing_file>`
+    unless that is None (the pipeline's cells, whose folder other stages read, only log it)."""
     if not isinstance(keep_best, int) or keep_best < 1:
         raise ValueError(f"keep_best must be an integer >= 1, got {keep_best!r}")
     keep = min(keep_best, attempts)
@@ -638,9 +643,11 @@ def write_cell(
     metrics = cell_metrics(run, models, keep, prompt_list.skipped_empty)
     if fidelity is not None:
         metrics["fidelity"] = fidelity.metrics
-    write_json_atomic(out / "metrics.json", metrics)
-    write_json_atomic(out / "timing.json", timing(run))
-    return {**metrics, "notes": run.notes}
+    write_json_atomic(out / record, metrics)
+    speed = timing(run)
+    if timing_file is not None:
+        write_json_atomic(out / timing_file, speed)
+    return {**metrics, "notes": run.notes, "timing": speed}
 
 
 def generate_command(args: Any) -> int:

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from emojich.layout import IMAGES_DIR, RAW_KIND, RGB_KIND
+from emojich.records import PROVENANCE_FILE
 from emojich.shards import SHARD_SUFFIX, ShardReader, member_ref
 from emojich.storage import file_digest, sha256_bytes, sha256_file
 
@@ -221,7 +222,7 @@ class Tracer:
         actual = sha256_file(full) if full.is_file() else None
         link = Link("checkpoint", "checkpoint", relative.as_posix(), actual)
         lineage.links.append(link)
-        metrics = _read_json(full.parent / "metrics.json") or {}
+        metrics = _read_json(full.parent / PROVENANCE_FILE) or {}
         link.facts = {
             k: metrics.get(k) for k in ("model", "steps", "freeze", "val_loss", "train_pairs") if k in metrics
         }

@@ -4,9 +4,15 @@ Demo profile: the `demo` preset from scratch, every parameter trainable. Paper p
 published checkpoint (Malevich) with attention and feed-forward frozen, image-loss weight 1000.
 Same optimizer, schedule and loss code either way.
 
-Outputs: the checkpoint (and its sha256), per-step CSV plots, an evaluation sample sheet per
-evaluation step (the report's human-evaluation grid) and final metrics. A killed run started
-again resumes from `data/finetune/checkpoints/` when the data and parameters are unchanged.
+Outputs: the checkpoint, per-step CSV plots (`plots/`), an evaluation sample sheet per evaluation
+step (`samples/`, the report's human-evaluation grid), `provenance.json` (variant, sizes, the
+checkpoint's sha256) and `metrics/finetune.json` (the losses a person compares).
+
+Resume state lives in `data/cache/finetune/` (the last checkpoint, the CSV rows and sheets so far,
+and `run.key`), outside every output: a `persist` output would keep the stage out of DVC's
+run-cache. A killed run started again resumes from there when the data, parameters and training
+code are unchanged (the key); the finished plots and sheets are then copied into the outputs, so
+they are the same bytes whether or not the run was interrupted.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -41,13 +48,16 @@ from emojich.models.dalle import Dalle, DalleConfig
 from emojich.models.vqgan import VQGan
 from emojich.params import from_dict, load_section
 from emojich.progress import progress_bar
+from emojich.records import METRICS_DIR, PROVENANCE_FILE, pick, write_records
 from emojich.sampling import generate
-from emojich.storage import sha256_file, write_csv_atomic, write_json_atomic, write_text_atomic
+from emojich.storage import sha256_file, write_bytes_atomic, write_csv_atomic, write_text_atomic
 from emojich.tokenizer import TextTokenizer
 from emojich.training import StepLog, TrainConfig, Trainer
 
 TOKENS = Path("data/tokens")
 OUT = Path("data/finetune")
+# Folders of `out` that are built up during training and copied into `out` at the end.
+LOGGED = ("samples", "plots")
 
 log = logging.getLogger("stages.finetune")
 
@@ -154,7 +164,10 @@ class CsvLog:
         self.path, self.columns, self.rows = path, columns, []
 
     def add(self, **values: float) -> None:
-        self.rows.append([_fmt(values[c]) for c in self.columns])
+        row = [_fmt(values[c]) for c in self.columns]
+        # A step logged again (the final evaluation of a run resumed at its end) replaces its row,
+        # so an interrupted run's tables are the same bytes as an uninterrupted one's.
+        self.rows = [old for old in self.rows if old[0] != row[0]] + [row]
         write_csv_atomic(self.path, self.columns, self.rows)
 
 
@@ -181,7 +194,20 @@ def sample_sheet(
     return image_grid(images, columns=params.images_per_prompt)
 
 
-def finetune(params: FinetuneParams, tokens: Path = TOKENS, out: Path = OUT) -> dict:
+def resume_dir(out: Path) -> Path:
+    """Where a run of `out` keeps its resume state: data/finetune -> data/cache/finetune."""
+    return out.parent / "cache" / out.name
+
+
+def finetune(
+    params: FinetuneParams,
+    tokens: Path = TOKENS,
+    out: Path = OUT,
+    metrics: Path | None = None,
+    resume: Path | None = None,
+) -> dict:
+    """Train and write the outputs; returns the provenance record. Metrics go to `metrics` (default
+    `out/metrics.json`), resume state to `resume` (default `resume_dir(out)`)."""
     device = resolve_device(params.device)
     index, codes = read_split(tokens)
     captions = [row["caption"] for row in index]
@@ -213,9 +239,9 @@ def finetune(params: FinetuneParams, tokens: Path = TOKENS, out: Path = OUT) -> 
     )
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "samples").mkdir(exist_ok=True)
-    checkpoints = out / "checkpoints"
-    checkpoints.mkdir(exist_ok=True)
+    checkpoints = resume or resume_dir(out)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    (checkpoints / "samples").mkdir(exist_ok=True)
     key = run_key(params, tokens)
     key_file = checkpoints / "run.key"
     trainer = Trainer(
@@ -225,16 +251,16 @@ def finetune(params: FinetuneParams, tokens: Path = TOKENS, out: Path = OUT) -> 
         trainer.resume(checkpoints)
     else:  # another run's leftovers: start clean
         (checkpoints / "last.pt").unlink(missing_ok=True)
-        for stale in [*(out / "samples").glob("*.png"), *(out / "plots").glob("*.csv")]:
+        for stale in [*(checkpoints / "samples").glob("*.png"), *(checkpoints / "plots").glob("*.csv")]:
             stale.unlink()
         write_text_atomic(key_file, key + "\n")
 
-    train_log = CsvLog(out / "plots" / "train.csv", ["step", "loss", "loss_text", "loss_image", "lr"])
+    train_log = CsvLog(checkpoints / "plots" / "train.csv", ["step", "loss", "loss_text", "loss_image", "lr"])
     eval_log = CsvLog(
-        out / "plots" / "eval.csv",
+        checkpoints / "plots" / "eval.csv",
         ["step", "val_loss", "val_loss_text", "val_loss_image", "caption_loss", "caption_top1"],
     )
-    _restore_logs(out, trainer.step, train_log, eval_log)
+    _restore_logs(trainer.step, train_log, eval_log)
 
     def evaluate(step: int) -> dict[str, float]:
         losses = validation_loss(model, val, params.train.batch_size, device) if len(val) else {}
@@ -253,7 +279,7 @@ def finetune(params: FinetuneParams, tokens: Path = TOKENS, out: Path = OUT) -> 
         eval_log.add(**row)
         save_png(
             sample_sheet(model, vqgan, tokenizer, params.eval, device),
-            out / "samples" / f"step_{step:06d}.png",
+            checkpoints / "samples" / f"step_{step:06d}.png",
         )
         return row
 
@@ -280,8 +306,9 @@ def finetune(params: FinetuneParams, tokens: Path = TOKENS, out: Path = OUT) -> 
     final = evaluate(trainer.total_steps)
 
     model.save(out / "model.safetensors")
+    _publish_logs(checkpoints, out, trainer.total_steps)
     first_eval = eval_log.rows[0]
-    metrics = {
+    record = {
         "model": variant,
         "preset": params.model.preset,
         "freeze": params.freeze,
@@ -310,13 +337,39 @@ def finetune(params: FinetuneParams, tokens: Path = TOKENS, out: Path = OUT) -> 
         else float("nan"),
         "checkpoint_sha256": sha256_file(out / "model.safetensors"),
     }
-    write_json_atomic(
-        out / "metrics.json", {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
+    record = {k: round(v, 6) if isinstance(v, float) else v for k, v in record.items()}
+    write_records(metrics or out / "metrics.json", summary(record), out / PROVENANCE_FILE, record)
+    return record
+
+
+def summary(record: dict) -> dict:
+    """The numbers a person compares between runs (the rest stays in the provenance)."""
+    return pick(
+        record,
+        (
+            "val_loss_start",
+            "val_loss",
+            "caption_loss",
+            "caption_top1",
+            "caption_top1_chance",
+            "steps",
+        ),
     )
-    return metrics
 
 
-def _restore_logs(out: Path, step: int, *logs: CsvLog) -> None:
+def _publish_logs(resume: Path, out: Path, last_step: int) -> None:
+    """Copy the finished run's sheets and CSV rows into the outputs, nothing of an older run."""
+    for name in LOGGED:
+        shutil.rmtree(out / name, ignore_errors=True)
+        (out / name).mkdir(parents=True)
+    for sheet in sorted((resume / "samples").glob("step_*.png")):
+        if int(sheet.stem.removeprefix("step_")) <= last_step:
+            write_bytes_atomic(out / "samples" / sheet.name, sheet.read_bytes())
+    for table in sorted((resume / "plots").glob("*.csv")):
+        write_bytes_atomic(out / "plots" / table.name, table.read_bytes())
+
+
+def _restore_logs(step: int, *logs: CsvLog) -> None:
     """On resume, keep the rows logged up to the checkpoint's step (later ones are recomputed)."""
     for csv_log in logs:
         if step and csv_log.path.is_file():
@@ -329,7 +382,7 @@ def main() -> None:
     setup_logging()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     params = from_dict(FinetuneParams, load_section("finetune"), "finetune")
-    metrics = finetune(params)
+    metrics = finetune(params, metrics=METRICS_DIR / "finetune.json")
     log.info("%s", metrics)
 
 

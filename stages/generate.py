@@ -9,9 +9,12 @@ Outputs, under `data/generated/<cell>/`:
 - `all/`: `attempts.jsonl` (score, rank and codes of every attempt), `prompts.json` (per-prompt
   statistics) and, only with `save_all`, every attempt's PNG + sidecar;
 - `sheet.png`: contact sheet, one row of kept images per prompt (a DVC plot);
-- `metrics.json`: deterministic per-cell numbers for `dvc metrics show/diff`;
-- `timing.json`: images/s; uncached and read by nothing downstream, since a timing differs run
-  to run and would otherwise make identical outputs look changed.
+- `provenance.json`: everything the cell measured and how (cell values, upscaler, prompt checks,
+  every caption-retrieval number);
+
+and `metrics/generate/<cell>.json` (`--metrics`): the few rounded numbers a person compares across
+cells and experiments. The sampling speed differs run to run, so it is only logged: a file of it
+under data/generated/ would change the folder `segment` and `stickers` read on every run.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from emojich.generation import (
 )
 from emojich.logs import setup_logging
 from emojich.params import from_dict, load_section
+from emojich.records import METRICS_DIR, PROVENANCE_FILE, pick
+from emojich.storage import write_json_atomic
 
 log = logging.getLogger("stages.generate")
 
@@ -79,6 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--out", type=Path, help="default: data/generated/<cell name>")
+    parser.add_argument("--metrics", type=Path, help="default: metrics/generate/<cell name>.json")
     parser.add_argument("--params", default="params.yaml")
     return parser.parse_args(argv)
 
@@ -112,13 +118,28 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=params.batch_size,
             thumb=params.sheet_thumb,
             reference=load_reference(tokens),
+            record=PROVENANCE_FILE,
+            timing_file=None,
         )
+        # write_cell wrote the whole record as provenance.json; the metrics file is its summary.
+        write_json_atomic(args.metrics or METRICS_DIR / "generate" / f"{cell.name}.json", summary(metrics))
     except (ValueError, KeyError, FileNotFoundError) as error:
         # Bad parameters or missing inputs: one clear line, not a traceback.
         log.error("%s", error)
         return 2
-    log.info("%s", metrics)
+    log.info("%s", {key: value for key, value in metrics.items() if key != "timing"})
+    log.info("sampling: %s", metrics["timing"])
     return 0
+
+
+# Caption retrieval as a person compares it: learnt and held-out captions beside real emoji and chance.
+FIDELITY_KEYS = ("train_top10", "held_out_top10", "real_val_top10", "chance_top10")
+
+
+def summary(record: dict) -> dict:
+    """The numbers a person compares between cells (the rest stays in provenance.json)."""
+    keys = ("mean_score", "mean_score_kept", "diversity")
+    return {**pick(record, keys), **pick(record.get("fidelity", {}), FIDELITY_KEYS)}
 
 
 if __name__ == "__main__":

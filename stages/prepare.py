@@ -6,7 +6,8 @@ up by the row's id); writes under `data/prepared/`:
 - `images/prepared-NNNNN.tar`: shards (see `emojich.shards`) with members `<id>.rgb.png`,
   `<id>.rgba.png` and `<id>.mask.png` for every accepted image, in id order;
 - `manifest.csv` (one row per accepted image, with the sha256 of each member), `rejects.csv`,
-  `metrics.json`.
+  `provenance.json` (counts per split, reason and size, the thresholds in force);
+- `metrics/prepare.json`: the few counts a person compares (see `emojich.records`).
 
 An image that cannot be used is skipped with a reason (counted in the metrics), never a crash.
 """
@@ -34,14 +35,15 @@ from emojich.data.split import SPLITS, split_captions, split_of
 from emojich.layout import IMAGES_DIR, MASK_KIND, PREPARED_PREFIX, RAW_KIND, RGB_KIND, RGBA_KIND
 from emojich.params import from_dict, load_section
 from emojich.progress import progress_bar
+from emojich.records import METRICS_DIR, PROVENANCE_FILE, pick, write_records
 from emojich.shards import ShardReader, ShardWriter
-from emojich.storage import dumps_csv, sha256_bytes, write_json_atomic, write_text_atomic
+from emojich.storage import dumps_csv, sha256_bytes, write_text_atomic
 
 RAW_DIR = Path("data/raw")
 OUT_DIR = Path("data/prepared")
 MANIFEST_FILE = "manifest.csv"
 REJECTS_FILE = "rejects.csv"
-METRICS_FILE = "metrics.json"
+METRICS_FILE = METRICS_DIR / "prepare.json"
 
 _CHUNK = 32  # rows per task sent to a worker: amortises pickling without starving the other core
 # Chunks in flight per worker: enough to keep every worker busy while this process writes shards,
@@ -117,8 +119,11 @@ def _outcomes(rows: list[CatalogueRow], raw: ShardReader, params: PrepareParams)
             yield from pending.popleft().result()
 
 
-def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool = True) -> dict:
-    """Run the whole stage; returns the metrics it also writes."""
+def prepare(
+    raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool = True, metrics: Path | None = None
+) -> dict:
+    """Run the whole stage; returns its provenance record. Metrics go to `metrics` (default
+    `out_dir/metrics.json`), the record to `out_dir/provenance.json`."""
     rows = sorted(read_catalogue(raw_dir / CAPTIONS_FILE))
     accepted: list[_Outcome] = []
     rejected: list[_Outcome] = []
@@ -159,9 +164,9 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams, progress: bool 
     ]
     write_prepared_manifest(manifest, out_dir / MANIFEST_FILE)
     write_text_atomic(out_dir / REJECTS_FILE, _rejects_csv(rejected))
-    metrics = prepare_metrics(manifest, Counter(o.reason for o in rejected), params)
-    write_json_atomic(out_dir / METRICS_FILE, metrics)
-    return metrics
+    record = prepare_metrics(manifest, Counter(o.reason for o in rejected), params)
+    write_records(metrics or out_dir / "metrics.json", summary(record), out_dir / PROVENANCE_FILE, record)
+    return record
 
 
 def prepare_metrics(manifest: list[PreparedRow], rejects: Counter[str], params: PrepareParams) -> dict:
@@ -182,6 +187,15 @@ def prepare_metrics(manifest: list[PreparedRow], rejects: Counter[str], params: 
     }
 
 
+def summary(record: dict) -> dict:
+    """The numbers a person compares between runs (the rest stays in the provenance)."""
+    splits = record["splits"]
+    return {
+        **pick(record, ("images", "rejected_total")),
+        **{f"{split}_images": value["images"] for split, value in splits.items()},
+    }
+
+
 def _rejects_csv(rejected: list[_Outcome]) -> str:
     # Details can carry absolute paths or library versions; keep the file machine-independent.
     rows = (
@@ -193,7 +207,7 @@ def _rejects_csv(rejected: list[_Outcome]) -> str:
 
 def main() -> int:
     params = from_dict(PrepareParams, load_section("prepare"), "prepare")
-    metrics = prepare(RAW_DIR, OUT_DIR, params)
+    metrics = prepare(RAW_DIR, OUT_DIR, params, metrics=METRICS_FILE)
     counts = ", ".join(f"{split} {value['images']}" for split, value in metrics["splits"].items())
     print(
         f"prepare: {metrics['images']} images ({counts}), {metrics['rejected_total']} rejected {metrics['rejected']}"

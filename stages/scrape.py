@@ -7,7 +7,11 @@ Output:
   the offline builder also keeps `images/.offline_manifest.json` to reuse unchanged images;
 - `captions.csv`: one row per image, its `image_path` naming the shard member relative to
   data/raw/ (`images/raw-00000.tar:<id>.png`) and `sha256` the hash of that member's bytes;
-- `stats.json`: counts, skip reasons and package versions.
+- `stats.json`: the stage's provenance: counts, skip reasons, sources and package versions;
+- `metrics/scrape.json`: the counts a person compares (images, captions, skipped).
+
+The web crawler's HTTP cache (`data/cache/http/`) is no output: it is resume state, kept between
+runs outside DVC's view, so the stage stays eligible for DVC's run-cache.
 
 `scrape.source` picks the offline catalogue built from what `make setup` installs (default) or the
 web crawler configured in `scrape.web`. A source the params ask for that is not on this machine
@@ -23,18 +27,22 @@ from collections import Counter
 from pathlib import Path
 
 from emojich.data.catalogue import (
+    STATS_FILE,
     CatalogueRow,
     SourceUnavailable,
     catalogue_stats,
     write_catalogue,
-    write_stats,
 )
 from emojich.logs import setup_logging
 from emojich.params import from_dict, load_section
+from emojich.records import METRICS_DIR, pick, write_records
 from emojich.storage import remove_stale_temporaries
 
 RAW_DIR = Path("data/raw")
+# Resume state of the web crawl, outside every output: a `persist` output would keep the stage
+# out of DVC's run-cache.
 HTTP_CACHE_DIR = Path("data/cache/http")
+METRICS_FILE = METRICS_DIR / "scrape.json"
 
 log = logging.getLogger("stages.scrape")
 
@@ -63,11 +71,15 @@ def scrape(
     raise ValueError(f"scrape.source must be 'offline' or 'web', got {params.source!r}")
 
 
+def summary(stats: dict) -> dict:
+    """The counts a person compares between runs; sources and versions stay in stats.json."""
+    return pick(stats, ("images", "captions", "skipped_total"))
+
+
 def main() -> None:
     setup_logging()
     params = from_dict(ScrapeParams, load_section("scrape"), "scrape")
     RAW_DIR.mkdir(parents=True, exist_ok=True)
-    HTTP_CACHE_DIR.mkdir(parents=True, exist_ok=True)  # a declared output, also when unused offline
     remove_stale_temporaries(RAW_DIR)
     try:
         rows, skipped, extra = scrape(params)
@@ -80,7 +92,7 @@ def main() -> None:
         log.info("http: %s", http_counts)
     write_catalogue(rows, RAW_DIR)
     stats = catalogue_stats(rows, skipped, source=params.source, **extra)
-    write_stats(stats, RAW_DIR)
+    write_records(METRICS_FILE, summary(stats), RAW_DIR / STATS_FILE, stats)
     log.info(
         "%d images, %d captions, %d skipped %s",
         stats["images"],

@@ -2,12 +2,15 @@
 
 Reads the real emojis with true alpha from data/upscaled (image shards and manifest; train split to
 train, val split to score), runs pseudo-label rounds over the generated images matched by
-`segment.generated_glob`, and writes to data/segment/:
+`segment.generated_glob` in the cells of the current `generate.grid` (a folder an older grid left
+behind is named in the log and not read), and writes to data/segment/:
 
 - unet.safetensors: the final weights (config in the file's metadata)
 - rounds.csv: one row per round (plotted by DVC)
-- metrics.json: which variant ran, final validation scores, how many images each method labelled
+- provenance.json: which variant ran, the cells read, every count and score
 - masks/<path under the glob's folder>.png and labels.csv (image, mask, method, confidence)
+
+and metrics/segment.json: the validation scores and method counts a person compares.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import itertools
 import logging
 import shutil
 from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +32,7 @@ from PIL import Image
 from emojich.layout import IMAGES_DIR, MASK_KIND, RGB_KIND
 from emojich.logs import setup_logging
 from emojich.params import from_dict, load_section
+from emojich.records import METRICS_DIR, PROVENANCE_FILE, pick, write_records
 from emojich.segment.contour import ContourConfig, contour_alpha
 from emojich.segment.metrics import mask_scores
 from emojich.segment.pseudolabel import (
@@ -45,7 +50,6 @@ from emojich.storage import (
     remove_stale_temporaries,
     write_bytes_atomic,
     write_csv_atomic,
-    write_json_atomic,
 )
 
 UPSCALED_DIR = Path("data/upscaled")
@@ -132,6 +136,27 @@ def find_generated(pattern: str) -> list[Path]:
     return sorted(Path(path) for path in glob.glob(pattern, recursive=True) if Path(path).is_file())
 
 
+def grid_cells(grid: Mapping[str, Sequence[object]]) -> list[str]:
+    """Folder names of the cells dvc.yaml's `matrix` expands `generate.grid` into
+    (`k${item.top_k}-p${item.top_p}-t${item.temperature}-s${item.seed}`)."""
+    from emojich.generation import SamplingCell
+
+    product = itertools.product(grid["top_k"], grid["top_p"], grid["temperature"], grid["seed"])
+    return [SamplingCell(k, p, t, s).name for k, p, t, s in product]  # type: ignore[arg-type]
+
+
+def in_cells(paths: list[Path], root: Path, cells: Collection[str]) -> list[Path]:
+    """The paths inside one of `cells` (folders directly under `root`); the others are logged.
+
+    DVC leaves the folders of cells dropped from the grid in place; reading them would make an
+    older grid's images training data."""
+    kept = [path for path in paths if _relative(path, root).parts[0] in cells]
+    leftovers = sorted({_relative(path, root).parts[0] for path in paths} - set(cells))
+    if leftovers:
+        log.warning("not read, not in generate.grid: %s", ", ".join(str(root / name) for name in leftovers))
+    return kept
+
+
 def _png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", compress_level=6)
@@ -143,16 +168,23 @@ def segment(
     upscaled_dir: Path = UPSCALED_DIR,
     out_dir: Path = OUT_DIR,
     progress: bool = True,
+    cells: Collection[str] | None = None,
+    metrics: Path | None = None,
 ) -> dict:
-    """Run the whole stage and write its outputs; returns the metrics."""
+    """Run the whole stage and write its outputs; returns the provenance record.
+
+    `cells`: the generated folders to read (None: every folder the glob matches). Metrics go to
+    `metrics` (default `out_dir/metrics.json`), the record to `out_dir/provenance.json`."""
     config = preset(params.preset)
     if params.init_weights:
         model, config = load_unet(params.init_weights, params.preset)
     else:
         model = build_unet(config, seed=params.pseudolabel.seed)
     train_set, val_set = load_real_sets(upscaled_dir, config.size, params.max_train_images)
-    paths = find_generated(params.generated_glob)
     root = glob_root(params.generated_glob)
+    paths = find_generated(params.generated_glob)
+    if cells is not None:
+        paths = in_cells(paths, root, cells)
     generated = [_read_rgb(path) for path in paths]
     log.info(
         "U-Net %s (%s): %d real train, %d val, %d generated images",
@@ -195,7 +227,7 @@ def segment(
     methods = write_labels(paths, generated, result, root, out_dir, params.contour)
     final = result.history[-1]
     contour_val = contour_scores(val_set, params.contour, params.pseudolabel.boundary_tolerance)
-    metrics = {
+    record = {
         "variant": f"unet-{params.preset}-{'finetuned' if params.init_weights else 'selftrained'}",
         "encoder": config.encoder,
         "input_size": config.size,
@@ -209,9 +241,15 @@ def segment(
         "generated_images": len(paths),
         "methods": {"unet": methods["unet"], "contour": methods["contour"]},
         "threshold": params.pseudolabel.threshold,
+        "cells": sorted({_relative(path, root).parts[0] for path in paths}),
     }
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    return metrics
+    write_records(metrics or out_dir / "metrics.json", summary(record), out_dir / PROVENANCE_FILE, record)
+    return record
+
+
+def summary(record: dict) -> dict:
+    """The numbers a person compares between runs (the rest stays in provenance.json)."""
+    return {**pick(record, ("val_iou", "contour_val_iou", "rounds")), **record["methods"]}
 
 
 def write_labels(
@@ -261,7 +299,8 @@ def _finite(value: float) -> float | None:
 def main() -> None:
     setup_logging()
     params = from_dict(SegmentParams, load_section("segment"), "segment")
-    metrics = segment(params)
+    cells = grid_cells(load_section("generate")["grid"])
+    metrics = segment(params, cells=cells, metrics=METRICS_DIR / "segment.json")
     log.info("%s", metrics)
 
 

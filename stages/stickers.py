@@ -5,10 +5,11 @@ Reads data/segment/labels.csv and the alpha masks beside it, and writes:
 - data/stickers/images/<name>.<format> with a sidecar <name>.json (the generation sidecar plus
   mask method, confidence and the sticker's sha256)
 - data/stickers/pack/manifest.json and preview.png (all stickers on a checkerboard)
-- data/stickers/metrics.json (counts, and whether every file passes Telegram's rules)
+- data/stickers/provenance.json (counts per method and encoding, every rule a file broke), and
+  metrics/stickers.json (the counts a person compares)
 
 Stickers live in images/ rather than directly in data/stickers/ because DVC outputs may not
-overlap, and metrics.json sits beside them.
+overlap, and provenance.json sits beside them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from PIL import Image
 
 from emojich.logs import setup_logging
 from emojich.params import from_dict, load_section
+from emojich.records import METRICS_DIR, PROVENANCE_FILE, write_records
 from emojich.stickers import (
     MAX_STICKER_BYTES,
     STICKER_SIDE,
@@ -62,8 +64,15 @@ def _generation_sidecar(image: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def make_stickers(params: StickersParams, segment_dir: Path = SEGMENT_DIR, out_dir: Path = OUT_DIR) -> dict:
-    """Write every sticker, its sidecar, the pack and the metrics; returns the metrics."""
+def make_stickers(
+    params: StickersParams,
+    segment_dir: Path = SEGMENT_DIR,
+    out_dir: Path = OUT_DIR,
+    metrics: Path | None = None,
+) -> dict:
+    """Write every sticker, its sidecar, the pack and the records; returns the provenance record.
+
+    Metrics go to `metrics` (default `out_dir/metrics.json`), the record to `out_dir/provenance.json`."""
     with open(segment_dir / "labels.csv", encoding="utf-8", newline="") as handle:
         labels = list(csv.DictReader(handle))
     images_dir, pack_dir = out_dir / "images", out_dir / "pack"
@@ -109,7 +118,7 @@ def make_stickers(params: StickersParams, segment_dir: Path = SEGMENT_DIR, out_d
             )
         )
     write_pack(entries, images_dir, pack_dir, params.preview_cell, params.preview_columns)
-    metrics = {
+    record = {
         "count": len(entries),
         "valid": len(entries) - len(problems),
         "all_valid": not problems,
@@ -118,14 +127,24 @@ def make_stickers(params: StickersParams, segment_dir: Path = SEGMENT_DIR, out_d
         "encodings": dict(sorted(encodings.items())),
         "problems": problems,
     }
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    return metrics
+    write_records(metrics or out_dir / "metrics.json", summary(record), out_dir / PROVENANCE_FILE, record)
+    return record
+
+
+# How a sticker's mask was made (segment's labels.csv); both counted, also when zero, so they compare.
+METHODS = ("unet", "contour")
+
+
+def summary(record: dict) -> dict:
+    """The counts a person compares between runs (the rest stays in provenance.json)."""
+    methods = record["methods"]
+    return {"count": record["count"], "valid": record["valid"], **{m: methods.get(m, 0) for m in METHODS}}
 
 
 def main() -> None:
     setup_logging()
     params = from_dict(StickersParams, load_section("stickers"), "stickers")
-    metrics = make_stickers(params)
+    metrics = make_stickers(params, metrics=METRICS_DIR / "stickers.json")
     log.info("%d stickers, %d valid, methods %s", metrics["count"], metrics["valid"], metrics["methods"])
     if not metrics["all_valid"]:
         raise SystemExit(f"stickers failing Telegram's rules: {metrics['problems']}")

@@ -33,8 +33,9 @@ from emojich.models.vqgan import (
     train_vqgan,
 )
 from emojich.params import from_dict, load_section
+from emojich.records import METRICS_DIR, PROVENANCE_FILE, pick, write_records
 from emojich.shards import ShardReader
-from emojich.storage import atomic_path, sha256_file, write_csv_atomic, write_json_atomic
+from emojich.storage import atomic_path, sha256_file, write_csv_atomic
 from emojich.tokenizer import TextTokenizer
 
 UPSCALED = Path("data/upscaled")
@@ -99,7 +100,11 @@ def text_tokenizer(params: TextTokenizerParams, captions: list[str]) -> tuple[Te
     return TextTokenizer.train(captions, vocab_size=params.vocab_size), "bpe-selftrained"
 
 
-def tokenize(params: TokenizeParams, upscaled: Path = UPSCALED, out: Path = OUT) -> dict:
+def tokenize(
+    params: TokenizeParams, upscaled: Path = UPSCALED, out: Path = OUT, metrics: Path | None = None
+) -> dict:
+    """Run the whole stage; returns its provenance record. Metrics go to `metrics` (default
+    `out/metrics.json`), the record to `out/provenance.json`."""
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     rows = read_manifest(upscaled)
     rows.sort(key=lambda row: row["id"])
@@ -140,7 +145,7 @@ def tokenize(params: TokenizeParams, upscaled: Path = UPSCALED, out: Path = OUT)
     save_png(image_grid(pairs, columns=8), out / "reconstructions.png")
 
     usage = codebook_usage(codes, model.config.codebook_size)
-    metrics = {
+    record = {
         "image_tokenizer": variant,
         "text_tokenizer": text_variant,
         "images": len(rows),
@@ -157,11 +162,24 @@ def tokenize(params: TokenizeParams, upscaled: Path = UPSCALED, out: Path = OUT)
         "bpe_sha256": sha256_file(out / "bpe.json"),
     }
     if train_metrics:
-        metrics["train_steps"] = int(train_metrics["steps"])
-        metrics["train_loss_first"] = round(train_metrics["loss_first"], 5)
-        metrics["train_loss_last"] = round(train_metrics["loss_last"], 5)
-    write_json_atomic(out / "metrics.json", metrics)
-    return metrics
+        record["train_steps"] = int(train_metrics["steps"])
+        record["train_loss_first"] = round(train_metrics["loss_first"], 5)
+        record["train_loss_last"] = round(train_metrics["loss_last"], 5)
+    write_records(metrics or out / "metrics.json", summary(record), out / PROVENANCE_FILE, record)
+    return record
+
+
+def summary(record: dict) -> dict:
+    """The numbers a person compares between runs (the rest stays in the provenance)."""
+    return pick(
+        record,
+        (
+            "val_psnr_db",
+            "val_delta_e",
+            "codebook_used_fraction",
+            "codebook_perplexity",
+        ),
+    )
 
 
 def write_index(rows: list[dict[str, str]], dest: Path) -> None:
@@ -172,7 +190,7 @@ def write_index(rows: list[dict[str, str]], dest: Path) -> None:
 def main() -> None:
     setup_logging()
     params = from_dict(TokenizeParams, load_section("tokenize"), "tokenize")
-    metrics = tokenize(params)
+    metrics = tokenize(params, metrics=METRICS_DIR / "tokenize.json")
     log.info("%s", metrics)
 
 

@@ -6,7 +6,9 @@ prepared shards (`data/prepared/images/`); writes under `data/upscaled/`:
 - `images/upscaled-NNNNN.tar`: shards (see `emojich.shards`) with members `<id>.rgb.png` (RGB,
   target x target) and `<id>.mask.png` (the prepared mask, nearest-neighbour), in id order;
 - `manifest.csv` (one row per image, with the sha256 of each member), `rrdbnet.safetensors` (the
-  model used, for later stages) and `metrics.json`.
+  model used, for later stages) and `provenance.json` (the variant, its training, every count);
+- `metrics/upscale.json`: the held-out PSNR and image counts a person compares. Timings vary run
+  to run, so they are printed, never written into an output.
 
 Upscaler, in order of preference: published Real-ESRGAN weights (`weights:` path), else a small
 RRDBNet trained here on the train split's large renders, else (no image large enough to train on)
@@ -31,8 +33,9 @@ from emojich.layout import IMAGES_DIR, MASK_KIND, RGB_KIND, UPSCALED_PREFIX
 from emojich.models.rrdbnet import RRDBNet, preset
 from emojich.params import from_dict, load_section
 from emojich.progress import progress_bar
+from emojich.records import METRICS_DIR, PROVENANCE_FILE, rounded, write_records
 from emojich.shards import ShardReader, ShardWriter
-from emojich.storage import sha256_bytes, write_csv_atomic, write_json_atomic
+from emojich.storage import sha256_bytes, write_csv_atomic
 from emojich.upscale import (
     TrainConfig,
     evaluate_sr,
@@ -112,16 +115,36 @@ def choose_upscaler(
     return model.to(device), SELF_TRAINED, {**info, "images": len(train_rows)}
 
 
-def upscale_dataset(prepared_dir: Path, out_dir: Path, params: UpscaleParams, progress: bool = True) -> dict:
-    """Run the whole stage; returns the metrics it also writes."""
+def upscale_dataset(
+    prepared_dir: Path,
+    out_dir: Path,
+    params: UpscaleParams,
+    progress: bool = True,
+    metrics: Path | None = None,
+) -> dict:
+    """Run the whole stage; returns its provenance record plus `timing_s`. Metrics go to `metrics`
+    (default `out_dir/metrics.json`), the record to `out_dir/provenance.json`."""
     previous_threads = torch.get_num_threads()
     if params.threads > 0:
         torch.set_num_threads(params.threads)
     try:
         with ShardReader(prepared_dir / IMAGES_DIR) as prepared:
-            return _upscale_dataset(prepared_dir, prepared, out_dir, params, progress)
+            record = _upscale_dataset(prepared_dir, prepared, out_dir, params, progress)
     finally:
         torch.set_num_threads(previous_threads)
+    provenance = {key: value for key, value in record.items() if key != "timing_s"}
+    compact = summary(provenance)
+    write_records(metrics or out_dir / "metrics.json", compact, out_dir / PROVENANCE_FILE, provenance)
+    return record
+
+
+def summary(record: dict) -> dict:
+    """The numbers a person compares between runs (the rest stays in the provenance)."""
+    quality = record["psnr_heldout"]
+    return {
+        "super_resolved": record["images"]["super_resolved"],
+        **{f"psnr_{key}": rounded(quality[key], 2) for key in ("model_db", "bicubic_db")},
+    }
 
 
 def _upscale_dataset(
@@ -174,7 +197,6 @@ def _upscale_dataset(
             "total": round(finished - started, 2),
         },
     }
-    write_json_atomic(out_dir / "metrics.json", metrics)
     return metrics
 
 
@@ -243,7 +265,7 @@ def _write_manifest(path: Path, records: list[tuple]) -> None:
 
 def main() -> int:
     params = from_dict(UpscaleParams, load_section("upscale"), "upscale")
-    metrics = upscale_dataset(PREPARED_DIR, OUT_DIR, params)
+    metrics = upscale_dataset(PREPARED_DIR, OUT_DIR, params, metrics=METRICS_DIR / "upscale.json")
     quality = metrics["psnr_heldout"]
     print(
         f"upscale: {metrics['upscaler']}, {metrics['images']}, held-out PSNR model {quality['model_db']} "

@@ -1,7 +1,9 @@
 import csv
 import dataclasses
 import io
+import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -199,10 +201,25 @@ def test_tokenize_and_finetune_stages_end_to_end(tmp_path, monkeypatch):
     with open(out / "plots" / "train.csv", encoding="utf-8") as handle:
         assert [row["step"] for row in csv.DictReader(handle)] == ["1", "2", "3", "4", "5", "6"]
     first = (out / "model.safetensors").read_bytes()
+    # Resume state lives beside the outputs, never among them (DVC's run-cache needs that).
+    assert sorted(p.name for p in out.iterdir()) == [
+        "metrics.json",
+        "model.safetensors",
+        "plots",
+        "provenance.json",
+        "samples",
+    ]
+    assert (tmp_path / "cache" / "finetune" / "last.pt").is_file()
+    compact = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert compact["steps"] == 6 and compact["val_loss"] == round(metrics["val_loss"], 4)
+    assert "checkpoint_sha256" not in compact and "model" not in compact
+    published = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
     # Same inputs and params again: resumes at the end, trains nothing more, same weights.
+    shutil.rmtree(out)  # as DVC removes a stage's outputs before running it
     again = finetune(params, tokens, out)
     assert (out / "model.safetensors").read_bytes() == first
+    assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == published
     assert again["checkpoint_sha256"] == metrics["checkpoint_sha256"]
 
     # Other training code: the finished checkpoint is not resumed; training starts over.

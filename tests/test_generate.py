@@ -313,6 +313,7 @@ def _stage(params, *cell):
         [
             *("--top-k", str(top_k), "--top-p", str(top_p), "--temperature", str(temperature)),
             *("--seed", str(seed), "--params", str(params), "--out", str(params.parent / "out")),
+            *("--metrics", str(params.parent / "metrics" / "cell.json")),
         ]
     )
 
@@ -320,8 +321,18 @@ def _stage(params, *cell):
 def test_stage_runs_a_cell_and_reports_bad_settings_without_a_traceback(assets, tmp_path, caplog):
     params = _params_file(tmp_path, assets, "зима в горах\n\nкролик синего цвета\n")
     assert _stage(params, 2048, 0.995, 1.0, 42) == 0
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["top_k_effective"] == 32 and metrics["prompts_skipped_empty"] == 1
+    provenance = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert provenance["top_k_effective"] == 32 and provenance["prompts_skipped_empty"] == 1
+    # The metrics file: a few rounded numbers; no timing anywhere in the cell's folder.
+    metrics = json.loads((tmp_path / "metrics" / "cell.json").read_text())
+    assert set(metrics) >= {"mean_score", "diversity"} and len(metrics) <= 10
+    assert metrics["mean_score"] == round(provenance["mean_score"], 4)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "all",
+        "kept",
+        "provenance.json",
+        "sheet.png",
+    ]
     with caplog.at_level(logging.ERROR):
         assert _stage(params, 64, 1.5, 1.0, 42) == 2
         assert _stage(params, 0, 0.9, 1.0, 42) == 2

@@ -46,6 +46,10 @@ def test_checkpoint_chain_reaches_every_source(smoke_pipeline):
         "git commit",
     ):
         assert title in titles
+    checkpoint = next(link for link in lineage.links if link.kind == "checkpoint")
+    # Read from the stage's provenance record, not from its (compact) metrics file.
+    assert checkpoint.facts["steps"] == 4 and checkpoint.facts["model"] == "dalle-tiny-from-scratch"
+    assert checkpoint.facts["train_pairs"] > 0
     data = next(link for link in lineage.links if link.kind == "training-data")
     assert data.facts["train_pairs"] == data.facts["items_verified"] > 0
     assert set(data.facts["licences"]) <= {"CC-BY-4.0", "CC-BY-SA-4.0", "OFL-1.1"}

@@ -1,13 +1,16 @@
 """The whole pipeline under real DVC, on smoke-size parameters."""
 
 import csv
+import io
 import json
+import re
 
 import pytest
+import yaml
 
 from emojich.layout import IMAGES_DIR, MASK_KIND, RAW_KIND, RGB_KIND, RGBA_KIND
 from emojich.shards import ShardReader
-from tests.pipeline import dvc
+from tests.pipeline import dvc, run
 
 
 @pytest.fixture
@@ -24,28 +27,31 @@ def test_repro_runs_every_stage(repo):
         assert f"Running stage '{stage}'" in log, f"stage {stage} did not run:\n{log}"
     stats = json.loads((path / "data/raw/stats.json").read_text())
     assert stats["images"] > 16 and stats["captions"] >= 10
-    upscaled = json.loads((path / "data/upscaled/metrics.json").read_text())
+    upscaled = json.loads((path / "data/upscaled/provenance.json").read_text())
     assert upscaled["upscaler"]
-    tokens = json.loads((path / "data/tokens/metrics.json").read_text())
+    tokens = json.loads((path / "data/tokens/provenance.json").read_text())
     assert tokens["image_tokenizer"] == "gumbel-vq-selftrained:tiny"
-    finetune = json.loads((path / "data/finetune/metrics.json").read_text())
+    finetune = json.loads((path / "data/finetune/provenance.json").read_text())
     assert finetune["steps"] == 4 and len(finetune["checkpoint_sha256"]) == 64
     assert (path / "data/finetune/samples/step_000004.png").is_file()
-    assert set(tokens) >= {"val_psnr_db", "val_delta_e", "codebook_used_fraction"}
+    tokens_metrics = json.loads((path / "metrics/tokenize.json").read_text())
+    assert set(tokens_metrics) >= {"val_psnr_db", "val_delta_e", "codebook_used_fraction"}
     assert (path / "data/tokens/thumbnails.safetensors").is_file()
     prompts = (path / "prompts/demo.txt").read_text(encoding="utf-8").split("\n")
     prompts = [line for line in prompts if line.strip() and not line.startswith("#")]
     for cell in ("k8-p0.995-t1.0-s42", "k32-p0.995-t1.0-s42"):
         folder = path / "data/generated" / cell
-        assert (folder / "sheet.png").is_file() and (folder / "metrics.json").is_file()
+        assert (folder / "sheet.png").is_file() and (folder / "provenance.json").is_file()
+        assert sorted(p.name for p in folder.iterdir()) == ["all", "kept", "provenance.json", "sheet.png"]
+        assert (path / "metrics/generate" / f"{cell}.json").is_file()
         assert len(list((folder / "kept").glob("*.png"))) == len(prompts)  # keep_best 1 per prompt
-        fidelity = json.loads((folder / "metrics.json").read_text())["fidelity"]
+        fidelity = json.loads((folder / "provenance.json").read_text())["fidelity"]
         # The smoke catalogue holds the first 16 emoji only: the demo prompts are not in it.
         assert fidelity["prompts_zero_shot"] + fidelity["prompts_train"] + fidelity[
             "prompts_held_out"
         ] == len(prompts)
         assert fidelity["captions"] >= 10 and "real_val_top10" in fidelity
-    stickers = json.loads((path / "data/stickers/metrics.json").read_text())
+    stickers = json.loads((path / "data/stickers/provenance.json").read_text())
     assert stickers["count"] == 2 * len(prompts) and stickers["all_valid"], stickers
     assert (path / "data/stickers/pack/manifest.json").is_file()
 
@@ -92,3 +98,57 @@ def test_dataset_images_live_in_shards_that_match_the_manifests(repo):
         with ShardReader(folder) as shards:
             assert shards.keys() == ids
             assert all(shards.kinds(key) == kinds for key in ids)
+
+
+def _stage_outcomes(log: str) -> tuple[list[str], set[str]]:
+    """(stages DVC ran, stages it restored from the run-cache or found unchanged) in a DVC log."""
+    ran = re.findall(r"Running stage '([^']+)'", log)
+    reused = set(re.findall(r"Stage '([^']+)' (?:is cached - skipping run|didn't change, skipping)", log))
+    return ran, reused
+
+
+@pytest.mark.slow
+def test_an_experiment_on_stickers_params_restores_every_upstream_stage(repo):
+    """A fresh temporary workspace, as `dvc queue start` and the nightly sweep use: nothing upstream
+    of the changed param may run, finetune and the generate cells included (no `persist` outputs)."""
+    path, _ = repo
+    stages = set(dvc("stage", "list", "--name-only", cwd=path).stdout.split())
+    result = dvc("exp", "run", "--temp", "-S", "stickers.preview_columns=4", cwd=path)
+    ran, reused = _stage_outcomes(result.stdout + result.stderr)
+    assert ran == ["stickers"], result.stdout
+    assert reused == stages - {"stickers"}, result.stdout
+
+
+@pytest.mark.slow
+def test_metrics_are_committed_and_compare_across_commits(pipeline_copy):
+    path = pipeline_copy
+    tracked = run(["git", "ls-files", "metrics"], cwd=path).stdout.split()
+    assert "metrics/finetune.json" in tracked and "metrics/generate/k8-p0.995-t1.0-s42.json" in tracked
+    shown = json.loads(dvc("metrics", "show", "--json", cwd=path).stdout)
+    files = next(iter(shown.values()))["data"]
+    columns = {key for entry in files.values() for key in _flat(entry["data"])}
+    assert len(files) == 9 and len(columns) <= 36, sorted(columns)
+    assert not any("sha256" in key or key in ("model", "upscaler", "variant") for key in columns)
+
+    params = yaml.safe_load((path / "params.yaml").read_text(encoding="utf-8"))
+    params["segment"]["pseudolabel"]["threshold"] = 0.0  # every generated image goes to the U-Net
+    (path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False))
+    dvc("repro", cwd=path)
+    diff = dvc("metrics", "diff", "--json", cwd=path)
+    assert "failed to load" not in diff.stdout + diff.stderr
+    changed = json.loads(diff.stdout)
+    segment = changed["metrics/segment.json"]
+    assert segment["unet"]["new"] > segment["unet"]["old"], changed
+    assert "metrics/stickers.json" in changed and "metrics/finetune.json" not in changed
+
+    table = list(csv.DictReader(io.StringIO(dvc("exp", "show", "--csv", cwd=path).stdout)))
+    baseline = next(row for row in table if row["typ"] == "baseline" and row["rev"] != "workspace")
+    assert baseline["val_loss"] not in ("", "!") and baseline["count"] not in ("", "!"), baseline
+    assert "!" not in baseline.values()
+
+
+def _flat(data: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in data.items():
+        keys += _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+    return keys

@@ -95,7 +95,11 @@ def test_prepare_stage_end_to_end(tmp_path) -> None:
     assert metrics["rejected"] == {"truncated": 1, "unreadable": 1}
     assert metrics["images"] == len(rows) - 2
     assert metrics["images"] == sum(s["images"] for s in metrics["splits"].values())
-    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert json.loads((out / "provenance.json").read_text()) == metrics
+    compact = json.loads((out / "metrics.json").read_text())
+    assert compact["images"] == metrics["images"] and compact["rejected_total"] == 2
+    assert compact["train_images"] + compact["val_images"] == metrics["images"]
+    assert all(isinstance(value, int) for value in compact.values())  # numbers only, no nesting
     with open(out / "rejects.csv", encoding="utf-8") as handle:
         assert {r["id"]: r["reason"] for r in csv.DictReader(handle)} == {
             "broken-corrupt": "unreadable",
@@ -107,6 +111,7 @@ def test_prepare_stage_end_to_end(tmp_path) -> None:
         "images/prepared-00000.tar",
         "manifest.csv",
         "metrics.json",
+        "provenance.json",
         "rejects.csv",
     ]
     manifest = read_prepared_manifest(out / "manifest.csv")
@@ -140,7 +145,7 @@ def test_prepare_is_byte_identical_in_process_and_with_workers(tmp_path) -> None
         prepare(tmp_path / "raw", tmp_path / name, PrepareParams(workers=workers), progress=False)
     assert len(shard_paths(tmp_path / "a" / IMAGES_DIR)) == 1
     assert _shard_bytes(tmp_path / "a" / IMAGES_DIR) == _shard_bytes(tmp_path / "b" / IMAGES_DIR)
-    for name in ("manifest.csv", "rejects.csv", "metrics.json"):
+    for name in ("manifest.csv", "rejects.csv", "metrics.json", "provenance.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 

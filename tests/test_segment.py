@@ -1,6 +1,8 @@
 import csv
 import io
 import json
+import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -197,21 +199,33 @@ def _write_generated(root, count=3, side=64):
 
 
 @pytest.mark.parametrize(("threshold", "method"), [(1.01, "contour"), (0.0, "unet")])
-def test_segment_and_stickers_stages_end_to_end(tmp_path, monkeypatch, threshold, method):
+def test_segment_and_stickers_stages_end_to_end(tmp_path, monkeypatch, caplog, threshold, method):
     from stages.segment import SegmentParams, segment
     from stages.stickers import StickersParams, make_stickers
 
     monkeypatch.chdir(tmp_path)
     _write_upscaled(tmp_path / "data/upscaled")
     _write_generated(tmp_path / "data/generated")
+    # A cell an older grid left behind: not in `cells`, so never read.
+    (tmp_path / "data/generated/cell9/kept").mkdir(parents=True)
+    shutil.copy(
+        tmp_path / "data/generated/cell0/kept/img0.png", tmp_path / "data/generated/cell9/kept/old.png"
+    )
     params = SegmentParams(
         preset="tiny",
         pseudolabel=PseudoLabelConfig(
             threshold=threshold, max_rounds=1, steps_initial=3, steps_per_round=2, batch_size=4
         ),
     )
-    metrics = segment(params, tmp_path / "data/upscaled", tmp_path / "data/segment", progress=False)
+    cells = ["cell0", "cell1"]
+    with caplog.at_level(logging.WARNING):
+        metrics = segment(params, tmp_path / "data/upscaled", tmp_path / "data/segment", False, cells)
+    assert "data/generated/cell9" in caplog.text
     out = tmp_path / "data/segment"
+    assert metrics["cells"] == cells and metrics["generated_images"] == 3
+    compact = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert compact[method] == 3 and compact["unet"] + compact["contour"] == 3 and "variant" not in compact
+    assert json.loads((out / "provenance.json").read_text(encoding="utf-8")) == metrics
     assert metrics["methods"] == {
         "unet": 3 if method == "unet" else 0,
         "contour": 3 if method == "contour" else 0,
@@ -230,18 +244,25 @@ def test_segment_and_stickers_stages_end_to_end(tmp_path, monkeypatch, threshold
     assert all((out / "masks" / row["mask"]).is_file() for row in labels)
     if method == "unet":  # deterministic outputs: a second run writes the same bytes
         again = tmp_path / "again"
-        segment(params, tmp_path / "data/upscaled", again, progress=False)
+        segment(params, tmp_path / "data/upscaled", again, False, cells)
         for name in (
             "unet.safetensors",
             "labels.csv",
             "rounds.csv",
             "metrics.json",
+            "provenance.json",
             "masks/cell1/kept/img1.png",
         ):
             assert (again / name).read_bytes() == (out / name).read_bytes(), name
 
     stickers = make_stickers(StickersParams(), out, tmp_path / "data/stickers")
     assert stickers["count"] == 3 and stickers["all_valid"], stickers["problems"]
+    assert json.loads((tmp_path / "data/stickers/metrics.json").read_text()) == {
+        "count": 3,
+        "valid": 3,
+        "unet": 3 if method == "unet" else 0,
+        "contour": 3 if method == "contour" else 0,
+    }
     sidecar = json.loads(
         (tmp_path / "data/stickers/images/cell0__kept__img0.json").read_text(encoding="utf-8")
     )
