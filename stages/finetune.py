@@ -7,6 +7,11 @@ Same optimizer, schedule and loss code either way.
 Outputs: the checkpoint (and its sha256), per-step CSV plots, an evaluation sample sheet per
 evaluation step (the report's human-evaluation grid) and final metrics. A killed run started
 again resumes from `data/finetune/checkpoints/` when the data and parameters are unchanged.
+
+With `nproc_per_node` > 1 the stage starts itself again under `torchrun` and trains with DDP
+(`emojich.training.Trainer`): the same global batch, schedule and freezing as one process, and
+only rank 0 evaluates and writes. The process count is not part of the resume key, so a run
+killed on 4 processes may resume on 1.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -25,6 +31,7 @@ from tqdm.auto import tqdm
 import emojich.finetune
 import emojich.models.dalle
 import emojich.training
+from emojich import distributed
 from emojich.device import resolve_device
 from emojich.finetune import (
     PairSet,
@@ -84,6 +91,11 @@ class FinetuneParams:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalParams = dataclasses.field(default_factory=EvalParams)
     device: str = "auto"
+    # Processes (one per GPU, or CPU processes with gloo); > 1 relaunches the stage under torchrun.
+    nproc_per_node: int = 1
+
+    def __post_init__(self) -> None:
+        distributed.check_nproc(self.nproc_per_node, "finetune.nproc_per_node")
 
 
 def build_model(params: ModelParams, tokenizer: TextTokenizer, vqgan: VQGan) -> tuple[Dalle, str]:
@@ -138,7 +150,9 @@ TRAINING_CODE = (emojich.finetune, emojich.training, emojich.models.dalle)
 
 def run_key(params: FinetuneParams, tokens: Path) -> str:
     """What a resumable checkpoint must agree with: every parameter, the input data and the training code."""
-    digest = hashlib.sha256(json.dumps(dataclasses.asdict(params), sort_keys=True, default=str).encode())
+    # The process count changes where a step is computed, not what it computes.
+    settings = {k: v for k, v in dataclasses.asdict(params).items() if k != "nproc_per_node"}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for name in ("codes.safetensors", "index.csv", "bpe.json", "vqgan.safetensors"):
         digest.update(sha256_file(tokens / name).encode())
     for module in TRAINING_CODE:
@@ -181,7 +195,10 @@ def sample_sheet(
 
 
 def finetune(params: FinetuneParams, tokens: Path = TOKENS, out: Path = OUT) -> dict:
-    device = resolve_device(params.device)
+    """Train and write the stage's outputs; under torch.distributed every rank calls this and
+    rank 0 alone writes (the others return an empty dict)."""
+    device = distributed.local_device(resolve_device(params.device))
+    main = distributed.is_main()
     index, codes = read_split(tokens)
     captions = [row["caption"] for row in index]
     tokenizer = TextTokenizer.load(tokens / "bpe.json")
@@ -211,22 +228,28 @@ def finetune(params: FinetuneParams, tokens: Path = TOKENS, out: Path = OUT) -> 
         len(val),
     )
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "samples").mkdir(exist_ok=True)
     checkpoints = out / "checkpoints"
-    checkpoints.mkdir(exist_ok=True)
-    key = run_key(params, tokens)
-    key_file = checkpoints / "run.key"
     trainer = Trainer(
         model, pair_loss(train, device, params.caption_dropout), len(train), params.train, device
     )
-    if key_file.is_file() and key_file.read_text().strip() == key:
+    same_run = False
+    if main:
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+        checkpoints.mkdir(exist_ok=True)
+        key = run_key(params, tokens)
+        key_file = checkpoints / "run.key"
+        same_run = key_file.is_file() and key_file.read_text().strip() == key
+        if not same_run:  # another run's leftovers: start clean
+            (checkpoints / "last.pt").unlink(missing_ok=True)
+            for stale in [*(out / "samples").glob("*.png"), *(out / "plots").glob("*.csv")]:
+                stale.unlink()
+            write_text_atomic(key_file, key + "\n")
+    # Rank 0 decides; every rank then resumes from the same checkpoint, or none does.
+    if distributed.broadcast_from_main(same_run):
         trainer.resume(checkpoints)
-    else:  # another run's leftovers: start clean
-        (checkpoints / "last.pt").unlink(missing_ok=True)
-        for stale in [*(out / "samples").glob("*.png"), *(out / "plots").glob("*.csv")]:
-            stale.unlink()
-        write_text_atomic(key_file, key + "\n")
+    if not main:
+        trainer.run(checkpoints)
+        return {}
 
     train_log = CsvLog(out / "plots" / "train.csv", ["step", "loss", "loss_text", "loss_image", "lr"])
     eval_log = CsvLog(
@@ -328,8 +351,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     params = from_dict(FinetuneParams, load_section("finetune"), "finetune")
-    metrics = finetune(params)
-    log.info("%s", metrics)
+    if params.nproc_per_node > 1 and not distributed.launched():
+        sys.exit(distributed.relaunch("stages.finetune", sys.argv[1:], params.nproc_per_node))
+    with distributed.process_group(resolve_device(params.device)):
+        metrics = finetune(params)
+    if metrics:
+        log.info("%s", metrics)
 
 
 if __name__ == "__main__":
