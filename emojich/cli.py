@@ -200,6 +200,14 @@ def _add_generate_command(commands: argparse._SubParsersAction) -> None:
     )
     generate.add_argument("--batch-size", type=int, default=8)
     generate.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    generate.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        metavar="N",
+        help="share the sampling among N processes under torchrun (one per GPU, or gloo on CPU); "
+        "the files are the same",
+    )
     generate.set_defaults(handler=_run_generate)
 
 
@@ -212,6 +220,7 @@ def _run_generate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # to start the command again (torchrun)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
