@@ -26,6 +26,14 @@ from emojich.training import TrainConfig, Trainer
 
 
 def run_one(args: argparse.Namespace, optimizer: str, queue: multiprocessing.Queue) -> None:
+    """Measure in this child; a failure (out of memory at a large batch) is reported, not hung on."""
+    try:
+        measure(args, optimizer, queue)
+    except Exception as error:
+        queue.put({"error": f"{type(error).__name__}: {error}"})
+
+
+def measure(args: argparse.Namespace, optimizer: str, queue: multiprocessing.Queue) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -109,17 +117,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--optimizer", choices=("both", "adam8bit", "adamw"), default="both", help="both: side by side"
+    )
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak, for MFU")
     args = parser.parse_args()
 
     context = multiprocessing.get_context("spawn")
     results = {}
-    for optimizer in ("adam8bit", "adamw"):
+    for optimizer in ("adam8bit", "adamw") if args.optimizer == "both" else (args.optimizer,):
         queue = context.Queue()
         child = context.Process(target=run_one, args=(args, optimizer, queue))
         child.start()
         results[optimizer] = queue.get()
         child.join()
+    failed = {name: result["error"] for name, result in results.items() if "error" in result}
+    if failed:
+        print(json.dumps({"config": vars(args), "errors": failed}, indent=2))
+        raise SystemExit(1)
+    if args.optimizer != "both":
+        print(json.dumps({"config": vars(args), "results": results}, indent=2))
+        return
     eight, full = results["adam8bit"], results["adamw"]
     peak_key = "peak_memory_bytes" if "peak_memory_bytes" in eight else "peak_rss_bytes"
     report = {

@@ -371,6 +371,14 @@ def _add_generate_command(commands: argparse._SubParsersAction) -> None:
         default="auto",
         help="auto (the GPU when there is one), cpu or cuda (default: %(default)s)",
     )
+    generate.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        metavar="N",
+        help="share the sampling among N processes under torchrun (one per GPU, or gloo on CPU); "
+        "the files are the same (default: %(default)s)",
+    )
     generate.set_defaults(handler=_run_generate)
 
 
@@ -425,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, --version or a bad argument: a status, for in-process callers too
         return done.code if isinstance(done.code, int) else 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # to start the command again (torchrun)
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return 2

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from emojich.models.dalle import MLP, Dalle, SelfAttention
+from emojich import distributed
+from emojich.models.dalle import MLP, Dalle, DalleConfig, SelfAttention
 from emojich.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,10 @@ def pair_loss(pairs: PairSet, device: torch.device, caption_dropout: float = 0.0
     model also learns p(image) without a caption: what classifier-free guidance at sampling time
     (`emojich.sampling.generate(guidance=...)`) pushes away from. Drawn from torch's global
     generator, whose state the Trainer's checkpoints carry, so a resumed run drops the same ones.
+
+    Under DDP `indices` is the step's global batch: the dropout draw covers all of it on every
+    rank (their generators agree), then each rank keeps its `local_rows`, so the captions dropped
+    are the ones one process would drop.
     """
     if not 0.0 <= caption_dropout < 1.0:
         raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout!r}")
@@ -136,7 +141,8 @@ def pair_loss(pairs: PairSet, device: torch.device, caption_dropout: float = 0.0
         if caption_dropout:
             dropped = torch.rand(len(indices)) < caption_dropout
             text = text.masked_fill(dropped[:, None], TextTokenizer.pad_id)
-        return model(text.to(device), pairs.codes[indices].to(device), return_loss=True)
+        rows = distributed.local_rows(len(indices))
+        return model(text[rows].to(device), pairs.codes[indices[rows]].to(device), return_loss=True)
 
     return loss
 
@@ -211,3 +217,15 @@ def caption_loss(
 
 def chance_caption_loss(candidates: int) -> float:
     return math.log(candidates)
+
+
+def allreduce_for_preset(preset: str, freeze: str, world: int) -> distributed.AllReduceVolume:
+    """What DDP all-reduces per step for a preset and freezing, from its config alone.
+
+    The model is built on the meta device: shapes without storage, so the 1.3B Malevich shape
+    is counted in a second without allocating its 5 GB.
+    """
+    with torch.device("meta"):
+        model = Dalle(DalleConfig.preset(preset))
+    freeze_for_finetune(model, freeze)
+    return distributed.allreduce_volume(list(model.parameters()), world)

@@ -31,7 +31,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
+from emojich import distributed
 from emojich.device import resolve_device
 from emojich.fidelity.retrieval import Reference, fidelity_metrics, load_reference, summarise, thumbnails
 from emojich.imageset import to_uint8
@@ -40,6 +43,7 @@ from emojich.models.rrdbnet import RRDBNet
 from emojich.models.vqgan import VQGan
 from emojich.sampling import generate
 from emojich.storage import (
+    atomic_path,
     sha256_bytes,
     sha256_file,
     write_bytes_atomic,
@@ -322,23 +326,55 @@ def sample_cell(
         notes.extend(check.warnings())
     for note in notes:
         log.warning("%s", note)
-    results = []
     started = time.perf_counter()
-    for check in checks:
+    units = work_units(len(checks), attempts, batch_size)
+    mine = units[distributed.rank() :: distributed.world_size()]
+    shares = []
+    for prompt_index, first, last in tqdm(
+        mine, disable=not progress or not distributed.is_main(), desc="sampling", unit="batch"
+    ):
         sample = generate(
             models.dalle,
-            check.ids,
+            checks[prompt_index].ids,
             images_num=attempts,
             top_k=effective.top_k,
             top_p=effective.top_p,
             temperature=effective.temperature,
             seed=effective.seed,
             batch_size=batch_size,
-            progress=progress,
+            progress=False,
             guidance=effective.guidance,
+            image_indices=range(first, last),
         )
-        results.append(PromptResult(check, sample.codes, sample.scores, rank_by_score(sample.scores)))
+        shares.append((prompt_index, first, sample.codes, sample.scores))
+    gathered = distributed.gather_to_main(shares)
+    if gathered is None:  # not rank 0: its share is delivered
+        return CellRun(cell, effective, notes, [], time.perf_counter() - started)
+    grid = models.dalle.config.image_seq_length
+    codes = torch.empty(len(checks), attempts, grid, dtype=torch.long)
+    scores = torch.empty(len(checks), attempts)
+    for prompt_index, first, unit_codes, unit_scores in (share for rank in gathered for share in rank):
+        codes[prompt_index, first : first + len(unit_codes)] = unit_codes
+        scores[prompt_index, first : first + len(unit_scores)] = unit_scores
+    results = [
+        PromptResult(check, codes[i], scores[i], rank_by_score(scores[i])) for i, check in enumerate(checks)
+    ]
     return CellRun(cell, effective, notes, results, time.perf_counter() - started)
+
+
+def work_units(prompts: int, attempts: int, batch_size: int) -> list[tuple[int, int, int]]:
+    """(prompt index, first attempt, end) per sampling batch, in one process's order.
+
+    Processes share a cell by whole batches: each batch is then computed exactly as one
+    process computes it (same rows, same shapes), so the images, and their scores to the last
+    bit, do not depend on how many processes ran. Per-image seeds alone would give the same
+    draws but not bit-equal logits, since a matrix product may round differently by batch shape.
+    """
+    return [
+        (prompt, first, min(first + batch_size, attempts))
+        for prompt in range(prompts)
+        for first in range(0, attempts, batch_size)
+    ]
 
 
 @torch.inference_mode()
@@ -472,24 +508,28 @@ def write_ranked_images(folder: Path, run: CellRun, models: Models, per_prompt: 
     return kept
 
 
-def write_attempts(folder: Path, run: CellRun) -> None:
-    """Every attempt's score, rank and codes (one JSON line each), and per-prompt statistics.
+CODES_FILE = "codes.safetensors"
 
-    Cheap even for the report's 512 attempts, and enough to decode any attempt again later
-    without keeping its PNG.
+
+def write_attempts(folder: Path, run: CellRun) -> None:
+    """Every attempt's score and rank (one JSON line each), its codes, and per-prompt statistics.
+
+    Codes go to `codes.safetensors` as one int16 tensor `codes` [prompts, attempts, grid²]
+    (row `[p, i]` is attempt i of prompt p): 2 bytes a code instead of ~5 as JSON text, so the
+    report's 512 attempts of 1,024 codes take 1 MB per prompt, and the JSONL stays a few dozen
+    bytes a line. Enough to decode any attempt again later without keeping its PNG.
     """
     folder.mkdir(parents=True, exist_ok=True)
     lines, stats = [], []
     for prompt_index, result in enumerate(run.prompts):
         rank_of = torch.empty_like(result.order)
         rank_of[result.order] = torch.arange(len(result.order))
-        for attempt, codes in enumerate(result.codes.tolist()):
+        for attempt in range(len(result.scores)):
             row = {
                 "prompt_index": prompt_index,
                 "image_index": attempt,
                 "rank": int(rank_of[attempt]),
                 "score": round(float(result.scores[attempt]), 6),
-                "codes": codes,
             }
             lines.append(json.dumps(row, sort_keys=True))
         stats.append(
@@ -505,7 +545,20 @@ def write_attempts(folder: Path, run: CellRun) -> None:
             }
         )
     write_text_atomic(folder / "attempts.jsonl", "\n".join(lines) + "\n")
+    write_codes(folder / CODES_FILE, torch.stack([r.codes for r in run.prompts]))
     write_json_atomic(folder / "prompts.json", stats)
+
+
+def write_codes(dest: Path, codes: torch.Tensor) -> None:
+    if len(codes) and int(codes.max()) > torch.iinfo(torch.int16).max:
+        raise ValueError(f"image codes up to {int(codes.max())} do not fit int16")
+    with atomic_path(dest) as tmp:
+        save_file({"codes": codes.to(torch.int16).contiguous()}, str(tmp))
+
+
+def read_codes(path: str | Path) -> torch.Tensor:
+    """All attempts' codes of a cell, [prompts, attempts, grid²] long."""
+    return load_file(str(path))["codes"].long()
 
 
 def cell_metrics(run: CellRun, models: Models, keep_best: int, skipped_empty: int = 0) -> dict[str, Any]:
@@ -542,6 +595,7 @@ def timing(run: CellRun) -> dict[str, float]:
     images = sum(len(r.scores) for r in run.prompts)
     return {
         "images": images,
+        "processes": distributed.world_size(),  # sampling shared by whole batches, same images
         "sampling_s": round(run.seconds, 3),
         "images_per_s": round(images / run.seconds, 3) if run.seconds > 0 else 0.0,
     }
@@ -630,6 +684,8 @@ def write_cell(
         models.output_method,
     )
     run = sample_cell(models, prompt_list.prompts, cell, attempts, batch_size, progress)
+    if not distributed.is_main():  # its share of the sampling went to rank 0, which writes
+        return {}
     # A run owns its folder: leftovers of an earlier run with other settings must not linger.
     for stale in ("kept", "all"):
         shutil.rmtree(out / stale, ignore_errors=True)
@@ -663,27 +719,33 @@ def generate_command(args: Any) -> int:
         cell = SamplingCell(args.top_k, args.top_p, args.temperature, args.seed, args.guidance)
         if args.images < 1:
             raise ValueError(f"-n must be >= 1, got {args.images}")
+        nproc = distributed.check_nproc(getattr(args, "nproc_per_node", 1), "--nproc-per-node")
+        if nproc > 1 and not distributed.launched():
+            return distributed.relaunch("emojich.cli", args.argv, nproc)
         tokens = Path(args.tokens)
-        models = load_models(
-            args.checkpoint,
-            tokens / "bpe.json",
-            tokens / "vqgan.safetensors",
-            args.upscaler or None,
-            resolve_device(args.device),
-        )
-        metrics = write_cell(
-            Path(args.out),
-            models,
-            PromptList(prompts, skipped),
-            cell,
-            attempts=args.images,
-            keep_best=args.keep_best or args.images,
-            batch_size=args.batch_size,
-            reference=load_reference(tokens),
-        )
+        with distributed.process_group(resolve_device(args.device)) as device:
+            models = load_models(
+                args.checkpoint,
+                tokens / "bpe.json",
+                tokens / "vqgan.safetensors",
+                args.upscaler or None,
+                device,
+            )
+            metrics = write_cell(
+                Path(args.out),
+                models,
+                PromptList(prompts, skipped),
+                cell,
+                attempts=args.images,
+                keep_best=args.keep_best or args.images,
+                batch_size=args.batch_size,
+                reference=load_reference(tokens) if distributed.is_main() else None,
+            )
     except (ValueError, FileNotFoundError) as error:
         print(f"emojich generate: error: {error}", file=sys.stderr)
         return 2
+    if not metrics:  # a rank other than 0: rank 0 reports
+        return 0
     for note in metrics["notes"]:
         print(f"note: {note}")
     print(

@@ -302,6 +302,7 @@ def generate(
     dtype: torch.dtype | None = None,
     progress: bool = True,
     guidance: float = 1.0,
+    image_indices: Sequence[int] | None = None,
 ) -> SampleResult:
     """Sample `images_num` images per caption.
 
@@ -314,6 +315,10 @@ def generate(
     with an empty caption (all padding, what a model trained with caption dropout saw for "no
     caption") in the same batch, and tokens are drawn from `guide(...)`. It costs a second
     stream per image. Image i still depends only on (caption, settings, seed, i).
+
+    `image_indices` samples only those images of the caption-major numbering, in that order
+    (batches of `batch_size` taken from it), so processes can share one request: a process
+    given one of the full run's batches computes it exactly as the full run does.
     """
     _check_sampling_args(top_k, top_p, temperature)
     if not guidance >= 1.0:
@@ -328,19 +333,24 @@ def generate(
     captions = _as_captions(text_ids, cfg.text_seq_length)
     total = captions.shape[0] * images_num
     steps = cfg.image_seq_length
+    # The decoder is sized by the whole request even for a share of it, so a shared batch
+    # runs on the same cache shape as in one process.
     batch_size = min(batch_size, total)
+    wanted = list(range(total)) if image_indices is None else [int(i) for i in image_indices]
+    if any(not 0 <= i < total for i in wanted):
+        raise ValueError(f"image_indices must lie in [0, {total})")
 
     guided = guidance != 1.0
     was_training = model.training
     model.eval()
     decoder = IncrementalDecoder(model, 2 * batch_size if guided else batch_size, dtype)
-    codes = torch.empty(total, steps, dtype=torch.long)
-    scores = torch.empty(total)
-    bar = progress_bar(total=total * steps, disable=not progress, desc="sampling", unit="tok")
+    codes = torch.empty(len(wanted), steps, dtype=torch.long)
+    scores = torch.empty(len(wanted))
+    bar = progress_bar(total=len(wanted) * steps, disable=not progress, desc="sampling", unit="tok")
     try:
         with torch.inference_mode():
-            for start in range(0, total, batch_size):
-                indices = list(range(start, min(total, start + batch_size)))
+            for start in range(0, len(wanted), batch_size):
+                indices = wanted[start : start + batch_size]
                 uniforms = _image_uniforms(seed, indices, steps).to(decoder.device)
                 batch_codes = torch.empty(len(indices), steps, dtype=torch.long, device=decoder.device)
                 nll = torch.zeros(len(indices), device=decoder.device)

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from emojich import distributed
 from emojich.storage import atomic_path
 
 log = logging.getLogger(__name__)
@@ -127,7 +129,15 @@ LossFn = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, dict[str, torch
 
 
 class Trainer:
-    """Runs the recipe over a fixed-size dataset addressed by example index."""
+    """Runs the recipe over a fixed-size dataset addressed by example index.
+
+    Under torch.distributed (`emojich.distributed`) it trains with DDP: every rank walks the same
+    global batches, `loss_fn` computes the mean loss of its `distributed.local_rows` share (a
+    loss that ignores sharding is still correct, only redundant), DDP averages the gradients,
+    and so each step equals one process's step on the whole global batch. DDP registers only
+    the parameters that require grad, so frozen ones are never all-reduced. Every rank keeps
+    identical weights, optimizer state and RNG state; only rank 0 writes checkpoints.
+    """
 
     def __init__(
         self, model: nn.Module, loss_fn: LossFn, size: int, config: TrainConfig, device: torch.device
@@ -138,6 +148,13 @@ class Trainer:
         if not trainable:
             raise ValueError("no trainable parameters: everything is frozen")
         self.trainable = trainable
+        distributed.check_divisible(min(config.batch_size, size), distributed.world_size())
+        # What the loss sees: the model itself, or its DDP wrapper whose backward all-reduces.
+        self.forward_model: nn.Module = model
+        if distributed.world_size() > 1:
+            self.forward_model = DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
         self.optimizer = build_optimizer(trainable, config)
         self.scheduler = build_scheduler(self.optimizer, config, self.total_steps)
         use_fp16 = config.precision == "fp16"
@@ -160,9 +177,12 @@ class Trainer:
         }
 
     def save(self, folder: Path) -> Path:
+        """Rank 0 writes (every rank holds the same state); the others wait until it is in place."""
         dest = Path(folder) / CHECKPOINT_FILE
-        with atomic_path(dest) as tmp:
-            torch.save(self.state_dict(), tmp)
+        if distributed.is_main():
+            with atomic_path(dest) as tmp:
+                torch.save(self.state_dict(), tmp)
+        distributed.barrier()
         return dest
 
     def resume(self, folder: Path) -> bool:
@@ -190,9 +210,11 @@ class Trainer:
         with torch.autocast(
             self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
         ):
-            loss, parts = self.loss_fn(self.model, indices)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")
+            loss, parts = self.loss_fn(self.forward_model, indices)
+        # Logged values are global-batch means: with equal shares, the mean of the ranks' means.
+        logged = distributed.mean_over_ranks(torch.stack([loss.detach().float(), *parts.values()]).float())
+        if not torch.isfinite(logged[0]):  # the same verdict on every rank
+            raise FloatingPointError(f"loss is {logged[0].item()} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -202,7 +224,8 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         if self.step + 1 < self.total_steps:  # OneCycleLR refuses a step past its last one
             self.scheduler.step()
-        return StepLog(self.step, loss.item(), lr, {k: v.item() for k, v in parts.items()})
+        values = logged.tolist()
+        return StepLog(self.step, values[0], lr, dict(zip(parts, values[1:], strict=True)))
 
     def run(
         self,

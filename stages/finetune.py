@@ -13,6 +13,11 @@ and `run.key`), outside every output: a `persist` output would keep the stage ou
 run-cache. A killed run started again resumes from there when the data, parameters and training
 code are unchanged (the key); the finished plots and sheets are then copied into the outputs, so
 they are the same bytes whether or not the run was interrupted.
+
+With `nproc_per_node` > 1 the stage starts itself again under `torchrun` and trains with DDP
+(`emojich.training.Trainer`): the same global batch, schedule and freezing as one process, and
+only rank 0 evaluates and writes. The process count is not part of the resume key, so a run
+killed on 4 processes may resume on 1.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import hashlib
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -31,6 +37,7 @@ from safetensors.torch import load_file
 import emojich.finetune
 import emojich.models.dalle
 import emojich.training
+from emojich import distributed
 from emojich.device import resolve_device
 from emojich.finetune import (
     PairSet,
@@ -95,6 +102,11 @@ class FinetuneParams:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalParams = dataclasses.field(default_factory=EvalParams)
     device: str = "auto"
+    # Processes (one per GPU, or CPU processes with gloo); > 1 relaunches the stage under torchrun.
+    nproc_per_node: int = 1
+
+    def __post_init__(self) -> None:
+        distributed.check_nproc(self.nproc_per_node, "finetune.nproc_per_node")
 
 
 def build_model(params: ModelParams, tokenizer: TextTokenizer, vqgan: VQGan) -> tuple[Dalle, str]:
@@ -149,7 +161,9 @@ TRAINING_CODE = (emojich.finetune, emojich.training, emojich.models.dalle)
 
 def run_key(params: FinetuneParams, tokens: Path) -> str:
     """What a resumable checkpoint must agree with: every parameter, the input data and the training code."""
-    digest = hashlib.sha256(json.dumps(dataclasses.asdict(params), sort_keys=True, default=str).encode())
+    # The process count changes where a step is computed, not what it computes.
+    settings = {k: v for k, v in dataclasses.asdict(params).items() if k != "nproc_per_node"}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for name in ("codes.safetensors", "index.csv", "bpe.json", "vqgan.safetensors"):
         digest.update(sha256_file(tokens / name).encode())
     for module in TRAINING_CODE:
@@ -206,9 +220,11 @@ def finetune(
     metrics: Path | None = None,
     resume: Path | None = None,
 ) -> dict:
-    """Train and write the outputs; returns the provenance record. Metrics go to `metrics` (default
+    """Train and write the outputs; returns the provenance record. Under torch.distributed every
+    rank calls this and rank 0 alone writes (the others return an empty dict). Metrics go to `metrics` (default
     `out/metrics.json`), resume state to `resume` (default `resume_dir(out)`)."""
-    device = resolve_device(params.device)
+    device = distributed.local_device(resolve_device(params.device))
+    main = distributed.is_main()
     index, codes = read_split(tokens)
     captions = [row["caption"] for row in index]
     tokenizer = TextTokenizer.load(tokens / "bpe.json")
@@ -238,22 +254,28 @@ def finetune(
         len(val),
     )
 
-    out.mkdir(parents=True, exist_ok=True)
     checkpoints = resume or resume_dir(out)
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    (checkpoints / "samples").mkdir(exist_ok=True)
-    key = run_key(params, tokens)
-    key_file = checkpoints / "run.key"
     trainer = Trainer(
         model, pair_loss(train, device, params.caption_dropout), len(train), params.train, device
     )
-    if key_file.is_file() and key_file.read_text().strip() == key:
+    same_run = False
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (checkpoints / "samples").mkdir(parents=True, exist_ok=True)
+        key = run_key(params, tokens)
+        key_file = checkpoints / "run.key"
+        same_run = key_file.is_file() and key_file.read_text().strip() == key
+        if not same_run:  # another run's leftovers: start clean
+            (checkpoints / "last.pt").unlink(missing_ok=True)
+            for stale in [*(checkpoints / "samples").glob("*.png"), *(checkpoints / "plots").glob("*.csv")]:
+                stale.unlink()
+            write_text_atomic(key_file, key + "\n")
+    # Rank 0 decides; every rank then resumes from the same checkpoint, or none does.
+    if distributed.broadcast_from_main(same_run):
         trainer.resume(checkpoints)
-    else:  # another run's leftovers: start clean
-        (checkpoints / "last.pt").unlink(missing_ok=True)
-        for stale in [*(checkpoints / "samples").glob("*.png"), *(checkpoints / "plots").glob("*.csv")]:
-            stale.unlink()
-        write_text_atomic(key_file, key + "\n")
+    if not main:
+        trainer.run(checkpoints)
+        return {}
 
     train_log = CsvLog(checkpoints / "plots" / "train.csv", ["step", "loss", "loss_text", "loss_image", "lr"])
     eval_log = CsvLog(
@@ -382,8 +404,12 @@ def main() -> None:
     setup_logging()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     params = from_dict(FinetuneParams, load_section("finetune"), "finetune")
-    metrics = finetune(params, metrics=METRICS_DIR / "finetune.json")
-    log.info("%s", metrics)
+    if params.nproc_per_node > 1 and not distributed.launched():
+        sys.exit(distributed.relaunch("stages.finetune", sys.argv[1:], params.nproc_per_node))
+    with distributed.process_group(resolve_device(params.device)):
+        metrics = finetune(params, metrics=METRICS_DIR / "finetune.json")
+    if metrics:
+        log.info("%s", metrics)
 
 
 if __name__ == "__main__":

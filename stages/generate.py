@@ -6,8 +6,9 @@ command line, so `dvc.lock` records them in the stage's `cmd`. Everything else c
 
 Outputs, under `data/generated/<cell>/`:
 - `kept/`: the best `keep_best` images per prompt (lowest mean NLL), PNG 512 px + JSON sidecar;
-- `all/`: `attempts.jsonl` (score, rank and codes of every attempt), `prompts.json` (per-prompt
-  statistics) and, only with `save_all`, every attempt's PNG + sidecar;
+- `all/`: `attempts.jsonl` (score and rank of every attempt), `codes.safetensors` (their image
+  codes, int16 [prompts, attempts, grid²]), `prompts.json` (per-prompt statistics) and, only with
+  `save_all`, every attempt's PNG + sidecar;
 - `sheet.png`: contact sheet, one row of kept images per prompt (a DVC plot);
 - `provenance.json`: everything the cell measured and how (cell values, upscaler, prompt checks,
   every caption-retrieval number);
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from emojich import distributed
 from emojich.device import resolve_device
 from emojich.fidelity.retrieval import load_reference
 from emojich.generation import (
@@ -68,6 +70,9 @@ class GenerateParams:
     guidance: float = 1.0
     threads: int = 0  # torch threads; 0 = torch default
     device: str = "auto"
+    # Processes sharing the cell's sampling batches; > 1 relaunches the stage under torchrun.
+    # The outputs are the same bytes whatever the count.
+    nproc_per_node: int = 1
     grid: GridParams = dataclasses.field(default_factory=GridParams)
 
     def __post_init__(self) -> None:
@@ -75,6 +80,7 @@ class GenerateParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"generate.{name} must be an integer >= 1, got {value!r}")
+        distributed.check_nproc(self.nproc_per_node, "generate.nproc_per_node")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,39 +102,47 @@ def main(argv: list[str] | None = None) -> int:
         params = from_dict(GenerateParams, load_section("generate", args.params), "generate")
         cell = SamplingCell(args.top_k, args.top_p, args.temperature, args.seed, params.guidance)
         prompt_list = read_prompts(params.prompts)
+        if params.nproc_per_node > 1 and not distributed.launched():
+            return distributed.relaunch(
+                "stages.generate", sys.argv[1:] if argv is None else argv, params.nproc_per_node
+            )
         if params.threads > 0:
             torch.set_num_threads(params.threads)
         tokens = Path(params.tokens)
-        models = load_models(
-            params.checkpoint,
-            tokens / "bpe.json",
-            tokens / "vqgan.safetensors",
-            params.upscaler,
-            resolve_device(params.device),
-        )
-        out = args.out or Path("data/generated") / cell.name
-        metrics = write_cell(
-            out,
-            models,
-            prompt_list,
-            cell,
-            attempts=params.attempts,
-            keep_best=params.keep_best,
-            save_all=params.save_all,
-            batch_size=params.batch_size,
-            thumb=params.sheet_thumb,
-            reference=load_reference(tokens),
-            record=PROVENANCE_FILE,
-            timing_file=None,
-        )
-        # write_cell wrote the whole record as provenance.json; the metrics file is its summary.
-        write_json_atomic(args.metrics or METRICS_DIR / "generate" / f"{cell.name}.json", summary(metrics))
+        with distributed.process_group(resolve_device(params.device)) as device:
+            models = load_models(
+                params.checkpoint,
+                tokens / "bpe.json",
+                tokens / "vqgan.safetensors",
+                params.upscaler,
+                device,
+            )
+            out = args.out or Path("data/generated") / cell.name
+            metrics = write_cell(
+                out,
+                models,
+                prompt_list,
+                cell,
+                attempts=params.attempts,
+                keep_best=params.keep_best,
+                save_all=params.save_all,
+                batch_size=params.batch_size,
+                thumb=params.sheet_thumb,
+                reference=load_reference(tokens) if distributed.is_main() else None,
+                record=PROVENANCE_FILE,
+                timing_file=None,
+            )
+        if metrics:  # rank 0: write_cell wrote the whole record as provenance.json; this is its summary
+            write_json_atomic(
+                args.metrics or METRICS_DIR / "generate" / f"{cell.name}.json", summary(metrics)
+            )
     except (ValueError, KeyError, FileNotFoundError) as error:
         # Bad parameters or missing inputs: one clear line, not a traceback.
         log.error("%s", error)
         return 2
-    log.info("%s", {key: value for key, value in metrics.items() if key != "timing"})
-    log.info("sampling: %s", metrics["timing"])
+    if metrics:  # rank 0
+        log.info("%s", {key: value for key, value in metrics.items() if key != "timing"})
+        log.info("sampling: %s", metrics["timing"])
     return 0
 
 

@@ -44,6 +44,7 @@ from emojich.segment.pseudolabel import (
     resize_masks,
     run_pseudolabel,
 )
+from emojich.segment.stream import ShardStream, StreamConfig
 from emojich.segment.unet import build_unet, load_unet, preset, save_unet
 from emojich.shards import ShardReader
 from emojich.storage import (
@@ -66,6 +67,7 @@ class SegmentParams:
     max_train_images: int = 0  # 0 = the whole train split; else the first N by id (smoke runs)
     pseudolabel: PseudoLabelConfig = dataclasses.field(default_factory=PseudoLabelConfig)
     contour: ContourConfig = dataclasses.field(default_factory=ContourConfig)
+    stream: StreamConfig = dataclasses.field(default_factory=StreamConfig)
 
 
 def _read_rgb(source: Path | bytes) -> np.ndarray:
@@ -83,12 +85,14 @@ def _empty_set() -> SegmentationSet:
 
 
 def load_real_sets(
-    upscaled_dir: Path, train_side: int, max_train: int = 0
-) -> tuple[SegmentationSet, SegmentationSet]:
+    upscaled_dir: Path, train_side: int, max_train: int = 0, stream: StreamConfig | None = None
+) -> tuple[SegmentationSet | ShardStream, SegmentationSet]:
     """(train, val) from manifest.csv: white-composited RGB and the binary alpha (>= 128) masks.
 
-    Train images are resized to the network side as they are read, so the full-size set is
-    never held in memory; validation keeps the stored size, where its scores are measured.
+    With `stream`, train is a `ShardStream` over the shards: read, resized to the network side
+    and shuffled as training goes, never held whole (the paper's 246k images would be 190 GB).
+    Without, train is loaded at the network side. Validation keeps the stored size, where its
+    scores are measured, and is held in memory.
     """
     with open(upscaled_dir / "manifest.csv", encoding="utf-8", newline="") as handle:
         rows = sorted(csv.DictReader(handle), key=lambda row: row["id"])
@@ -120,6 +124,8 @@ def load_real_sets(
             )
         return SegmentationSet(np.stack(images), np.stack(masks) >= 128)
 
+    if stream is not None:
+        return ShardStream(upscaled_dir / IMAGES_DIR, ids["train"], train_side, stream), read("val", None)
     return read("train", train_side), read("val", None)
 
 
@@ -180,7 +186,7 @@ def segment(
         model, config = load_unet(params.init_weights, params.preset)
     else:
         model = build_unet(config, seed=params.pseudolabel.seed)
-    train_set, val_set = load_real_sets(upscaled_dir, config.size, params.max_train_images)
+    train_set, val_set = load_real_sets(upscaled_dir, config.size, params.max_train_images, params.stream)
     root = glob_root(params.generated_glob)
     paths = find_generated(params.generated_glob)
     if cells is not None:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from emojich import cli
 from emojich.generation import (
+    CODES_FILE,
     DWT_DECODER,
     LANCZOS_FALLBACK,
     SELF_TRAINED,
@@ -23,6 +24,7 @@ from emojich.generation import (
     load_models,
     parse_prompts,
     rank_by_score,
+    read_codes,
     read_prompts,
     require_prompt,
     write_cell,
@@ -210,6 +212,11 @@ def test_a_cell_writes_ranked_512px_images_sidecars_sheet_and_metrics(models, tm
     assert records[4]["unknown_tokens"] == 1
     attempts = (tmp_path / "all" / "attempts.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(attempts) == 3 * 4 and not list((tmp_path / "all").glob("*.png"))  # save_all off
+    # Codes live in a compact tensor, not in the JSONL; a kept image's sidecar agrees with it.
+    assert "codes" not in json.loads(attempts[0])
+    codes = read_codes(tmp_path / "all" / CODES_FILE)
+    assert codes.shape == (3, 4, 16)
+    assert codes[first["prompt_index"], first["image_index"]].tolist() == first["codes"]
     saved = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
     assert (
         saved["prompts_truncated"] == 1 and saved["unknown_tokens"] == 1 and saved["upscaler"] == SELF_TRAINED
@@ -262,14 +269,9 @@ def test_same_seed_gives_identical_files_and_another_seed_other_images(models, t
 def test_top_k_one_is_the_argmax_sequence_whatever_the_seed(models, tmp_path):
     _write(models, tmp_path / "a", top_k=1, seed=1)
     _write(models, tmp_path / "b", top_k=1, seed=2)
-    rows = [
-        json.loads(line)
-        for folder in ("a", "b")
-        for line in (tmp_path / folder / "all" / "attempts.jsonl").read_text().splitlines()
-    ]
+    codes = torch.cat([read_codes(tmp_path / folder / "all" / CODES_FILE) for folder in ("a", "b")], dim=1)
     for prompt_index in (0, 1):
-        codes = {tuple(r["codes"]) for r in rows if r["prompt_index"] == prompt_index}
-        assert len(codes) == 1
+        assert len({tuple(row) for row in codes[prompt_index].tolist()}) == 1
     assert json.loads((tmp_path / "a" / "metrics.json").read_text())["diversity"] == 0.0
 
 

@@ -13,8 +13,10 @@ the round that accepted it: re-labelling it later would let the model drift on i
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -97,9 +99,38 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tens
     return ce + dice, {"ce": ce.detach(), "dice": dice.detach()}
 
 
+class BatchSource(Protocol):
+    """A training set too large for memory (`emojich.segment.stream.ShardStream`)."""
+
+    def __len__(self) -> int: ...
+
+    def batches(
+        self, batch_size: int, seed: int, epoch: int
+    ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def extended(self, images: np.ndarray, masks: np.ndarray) -> BatchSource: ...
+
+
+def _memory_batches(
+    dataset: SegmentationSet, batch: int, seed: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless batches of an in-memory set: epoch e in `epoch_order(seed, e)`, the last partial batch dropped."""
+    per_epoch = max(len(dataset) // batch, 1)
+    for step in itertools.count():
+        epoch, position = divmod(step, per_epoch)
+        indices = epoch_order(len(dataset), seed, epoch)[position * batch : (position + 1) * batch].numpy()
+        yield dataset.images[indices], dataset.masks[indices]
+
+
+def _stream_batches(dataset: BatchSource, batch: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for epoch in itertools.count():
+        for images, masks in dataset.batches(batch, seed, epoch):
+            yield images.numpy(), masks.numpy()
+
+
 def train_unet(
     model: nn.Module,
-    dataset: SegmentationSet,
+    dataset: SegmentationSet | BatchSource,
     steps: int,
     batch_size: int = 16,
     lr: float = 1e-3,
@@ -110,17 +141,21 @@ def train_unet(
 ) -> list[float]:
     """Train `steps` AdamW steps on random horizontal flips of `dataset`; returns the losses.
 
-    Deterministic under `seed`: the example order is `epoch_order(seed, epoch)`, the flips come
-    from a seeded generator and the global RNG is forked, so callers' random state is untouched.
+    Deterministic under `seed`: the example order is `epoch_order(seed, epoch)` (a stream's
+    own seeded order), the flips come from a seeded generator and the global RNG is forked, so
+    callers' random state is untouched.
     """
     if len(dataset) == 0:
         raise ValueError("the segmentation training set is empty")
     if steps <= 0:
         return []
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    size = size or dataset.images.shape[1]
+    in_memory = isinstance(dataset, SegmentationSet)
+    size = size or (dataset.images.shape[1] if in_memory else None)
+    if size is None:
+        raise ValueError("a streamed training set needs the network side `size`")
     batch = min(batch_size, len(dataset))
-    per_epoch = max(len(dataset) // batch, 1)
+    source = _memory_batches(dataset, batch, seed) if in_memory else _stream_batches(dataset, batch, seed)
     flips = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     # Cosine decay within the call: each round is a bounded fine-tune that should settle.
@@ -130,16 +165,12 @@ def train_unet(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         bar = progress_bar(range(steps), desc="train U-Net", disable=not progress, leave=False)
-        for step in bar:
-            epoch, position = divmod(step, per_epoch)
-            indices = epoch_order(len(dataset), seed, epoch)[
-                position * batch : (position + 1) * batch
-            ].numpy()
-            inputs = to_network_input(dataset.images[indices], size, device)
-            target = torch.from_numpy(dataset.masks[indices]).to(device)
+        for _, (images, masks) in zip(bar, source, strict=False):
+            inputs = to_network_input(images, size, device)
+            target = torch.from_numpy(masks).to(device)
             if target.shape[-2:] != (size, size):
                 target = F.interpolate(target[:, None].float(), size=(size, size), mode="nearest")[:, 0] > 0.5
-            flip = torch.rand(len(indices), generator=flips) < 0.5
+            flip = torch.rand(len(images), generator=flips) < 0.5
             inputs[flip] = inputs[flip].flip(-1)
             target[flip] = target[flip].flip(-1)
             loss, _ = dice_ce_loss(model(inputs), target)
@@ -149,6 +180,7 @@ def train_unet(
             scheduler.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        source.close()  # a stream's DataLoader workers stop here, not whenever it is collected
     model.eval()
     return losses
 
@@ -238,7 +270,7 @@ class PseudoLabelResult:
 
 def run_pseudolabel(
     model: nn.Module,
-    train_set: SegmentationSet,
+    train_set: SegmentationSet | BatchSource,
     val_set: SegmentationSet,
     generated: Sequence[np.ndarray],
     config: PseudoLabelConfig,
