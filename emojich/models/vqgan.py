@@ -124,7 +124,9 @@ _PRESETS: dict[str, VQGanConfig] = {
         num_res_blocks=1,
         attn_resolutions=(8,),
         z_channels=64,
-        codebook_size=512,
+        # 8x8 codes of 1024 entries (640 bits an image): 512 entries stopped ~0.6 dB short of
+        # 22 dB on the catalogue's flat-colour emoji; a wider grid would cost the transformer 2-5x.
+        codebook_size=1024,
         embed_dim=64,
         norm_groups=8,
         quantizer="ema",
