@@ -18,11 +18,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.dvc import (
+from flows.dvc_cli import (
     DvcCommandError,
     base_stage,
     has_remote,
     parse_dag_dot,
+    pull_dependencies,
+    push_outputs,
     read_lock,
     read_param,
     run_dvc,
@@ -56,27 +58,31 @@ def list_stages(root: Path) -> list[str]:
     retry_condition_fn=is_transient,
     cache_policy=NO_CACHE,
 )
-def repro_stage(root: Path, stage: str, force: bool = False, pull: bool = False) -> StageResult:
-    """`dvc repro --single-item STAGE`: upstream stages already ran in this flow, so DVC checks just this one."""
+def repro_stage(root: Path, stage: str, force: bool = False, remote: bool = False) -> StageResult:
+    """`dvc repro --single-item STAGE`: upstream stages already ran (here or elsewhere), so DVC checks just this one.
+
+    With `remote`, the stage is one self-contained step of a distributed run: pull the outputs it reads,
+    run it, push what it wrote. A clone on another machine then starts from the remote, not from scratch.
+    """
+    scrape_source = str(read_param(root, "scrape.source", "offline"))
+    if remote:
+        pull_dependencies(root, stage)
     args = ["repro", "--single-item", stage]
     if force:
         args.append("--force")
-    if pull:
-        # DVC fetches the run-cache and missing outputs from the remote, so a stage another machine already
-        # ran is restored instead of recomputed.
+    if remote:
+        # DVC restores the stage from the remote's run-cache when another clone already ran it with the
+        # same inputs, instead of running it again.
         args.append("--pull")
     before = read_lock(root).get(stage)
     started = time.monotonic()
-    result = run_dvc(args, root, stage=stage, scrape_source=str(read_param(root, "scrape.source", "offline")))
+    result = run_dvc(args, root, stage=stage, scrape_source=scrape_source)
     outcome = stage_outcome(result.output, stage, lock_changed=read_lock(root).get(stage) != before)
+    if remote and outcome != "restored":
+        # A restored stage came from the remote; a skipped one may have run before the remote was set up.
+        push_outputs(root, stage)
     get_run_logger().info("%s: %s\n%s", stage, outcome, result.output.strip())
     return StageResult(stage, outcome, round(time.monotonic() - started, 1))
-
-
-@dvc_task
-def push_to_remote(root: Path) -> None:
-    # --run-cache shares the stage-level cache too, so other clones skip stages this one ran.
-    run_dvc(["push", "--run-cache"], root)
 
 
 def _markdown_of(args: list[str], root: Path) -> str:
@@ -141,15 +147,17 @@ def emojich_pipeline(
         repo: the clone to run in; default the working directory (a deployment's pull step sets it).
         refresh_scrape: re-run `scrape` even if DVC sees no change (new catalogue entries upstream),
             then let DVC decide about the rest.
-        use_remote: pull the run-cache and missing outputs from the DVC remote before each stage and push
-            results and run-cache after, so several clones share work. Needs `dvc remote` configured.
+        use_remote: for each stage, pull its inputs from the DVC remote, run it (or restore it from the
+            remote's run-cache) and push its outputs, so several clones share work. Needs a DVC remote;
+            without one it only warns. Off by default: a remote that is configured but unreachable (this
+            repository's local default) must not fail a one-machine run.
     """
     root = resolve_repo(repo)
     logger = get_run_logger()
     with repository_slot(root) as slot:
         logger.info("holding concurrency slot %s", slot)
-        pull = use_remote and has_remote(root)
-        if use_remote and not pull:
+        remote = use_remote and has_remote(root)
+        if use_remote and not remote:
             logger.warning("use_remote is set but %s has no DVC remote: running locally only", root)
         stages = list_stages(root)
         results: list[StageResult] = []
@@ -160,15 +168,13 @@ def emojich_pipeline(
                 continue
             try:
                 force = refresh_scrape and base_stage(stage) == "scrape"
-                results.append(repro_stage(root, stage, force=force, pull=pull))
+                results.append(repro_stage(root, stage, force=force, remote=remote))
             except DvcCommandError as error:
                 # Stop here as `dvc repro` would; the remaining stages are still listed in the report.
                 failure = error
                 results.append(StageResult(stage, "failed", 0.0))
-        if pull and failure is None:
-            push_to_remote(root)
         report = describe_workspace(root)
-    publish_report(root, results, report, refresh_scrape, pull)
+    publish_report(root, results, report, refresh_scrape, remote)
     if failure is not None:
         raise failure
     return results

@@ -18,7 +18,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.states import State
 
-from flows.dvc import TRANSIENT_ERRORS
+from flows.dvc_cli import TRANSIENT_ERRORS
 
 # Pauses between attempts after a transient fault: a busy DVC lock is usually a person's `dvc status`
 # (seconds); a flaky network needs longer.

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from flows.dvc import Outcome
+from flows.dvc_cli import Outcome
 
 STICKER_COLUMNS = ("prompt", "score", "path")
 # Field names the sticker manifest may use for each column, in order of preference.
@@ -23,6 +23,15 @@ _STICKER_FIELDS: dict[str, tuple[str, ...]] = {
 class StageResult:
     stage: str
     outcome: Outcome
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CellRun:
+    """One grid cell of a fanned-out sweep as its flow run ended."""
+
+    stage: str
+    state: str
     seconds: float
 
 
@@ -74,7 +83,7 @@ def pipeline_summary(
         f"- repository: `{repo}`",
         f"- stages: {outcome_counts(results)}",
         f"- scrape forced: {'yes' if refresh_scrape else 'no'}",
-        f"- DVC remote (run-cache pull/push): {'yes' if used_remote else 'no'}",
+        f"- DVC remote (each stage pulls its inputs, pushes its outputs): {'yes' if used_remote else 'no'}",
         "",
         "`dvc.lock` is the record of this run: commit it to keep the result.",
         "",
@@ -142,3 +151,19 @@ def sweep_summary(
         "",
     ]
     return "\n".join(lines) + "\n" + _section("Experiments (`dvc exp show --md`)", experiments_table, "None.")
+
+
+def fan_out_summary(*, repo: str, param: str, seeds: Sequence[int], cells: Sequence[CellRun]) -> str:
+    lines = [
+        "# emojich generation sweep, one flow run per cell",
+        "",
+        f"- repository: `{repo}`",
+        f"- `{param}` = {list(seeds)}",
+        "",
+        "| cell | state | seconds |",
+        "|---|---|---:|",
+        *(f"| `{cell.stage}` | {cell.state} | {cell.seconds:.1f} |" for cell in cells),
+        "",
+        "The cells' outputs are in the DVC remote; the rest of the pipeline runs in this clone next.",
+    ]
+    return "\n".join(lines) + "\n"

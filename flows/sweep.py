@@ -1,30 +1,51 @@
-"""Flow `emojich-sweep`: the nightly generation sweep as a queued DVC experiment with new seeds.
+"""Flow `emojich-sweep`: the nightly generation sweep with new seeds, on one machine or fanned out.
 
-`dvc exp run --queue -S generate.grid.seed=[...]` records the sweep as an experiment (params, metrics and
-outputs under one name) without touching the workspace; `dvc queue start` runs it in its own temporary
-workspace, and DVC's run-cache restores every stage upstream of `generate` instead of recomputing it.
+On one machine, `dvc exp run --queue -S generate.grid.seed=[...]` records the sweep as an experiment
+(params, metrics and outputs under one name) without touching the workspace; `dvc queue start` runs it in
+its own temporary workspace, and DVC's run-cache restores every stage upstream of `generate`.
+
+With `fan_out_cells`, each grid cell (`generate@...`) becomes its own flow run of the `emojich-sweep-cell/cell`
+deployment, so every worker of the pool, each in its own clone, takes cells in parallel: a cell pulls its
+inputs from the shared DVC remote, runs, and pushes its outputs. The sweep's own clone then runs the rest
+of the pipeline against the remote, restoring the cells instead of recomputing them.
 
 Seeds come from the night's date, so each night samples differently and any night can be re-run exactly.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import os
 import re
 import time
 from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 from zoneinfo import ZoneInfo
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
-from flows.dvc import read_param, run_dvc
+from flows.dvc_cli import (
+    base_stage,
+    has_remote,
+    merge_lock_entries,
+    read_lock,
+    read_param,
+    run_dvc,
+    stage_uncached_files,
+)
+from flows.params import set_param
+from flows.pipeline import emojich_pipeline, list_stages, repro_stage
 from flows.repository import dvc_task, repository_slot, resolve_repo
-from flows.summary import sweep_summary
+from flows.summary import CellRun, StageResult, fan_out_summary, sweep_summary
 
 # The deployments' schedules are in Moscow time: a run at 02:00 belongs to that Moscow date, which in UTC
 # is still the day before.
@@ -32,6 +53,7 @@ SCHEDULE_TIMEZONE = ZoneInfo("Europe/Moscow")
 SEED_SPACE = 2**31  # fits every RNG the stages seed (torch, numpy, random)
 QUEUE_FINAL = ("Success", "Failed")
 QUEUE_STATES = ("Queued", "Running", *QUEUE_FINAL)
+CELL_DEPLOYMENT = "emojich-sweep-cell/cell"  # as in prefect.yaml
 
 
 def night_of(moment: datetime, tz: ZoneInfo = SCHEDULE_TIMEZONE) -> date:
@@ -111,6 +133,114 @@ def show_experiments(root: Path) -> str:
     return result.output if result.returncode == 0 else f"```\n{result.output.strip()}\n```"
 
 
+def cell_stages(stages: Sequence[str], stage: str) -> list[str]:
+    """The grid cells among `stages`: the matrix entries of `stage` (`generate@8-0.995-1.0-42`, ...)."""
+    return [name for name in stages if base_stage(name) == stage and "@" in name]
+
+
+@task(cache_policy=NO_CACHE)
+def set_sweep_param(root: Path, param: str, values: list[Any]) -> bool:
+    return set_param(root, param, values)
+
+
+@task(cache_policy=NO_CACHE)
+def start_cells(stages: list[str], param: str, values: list[Any], deployment: str) -> list[UUID]:
+    """One flow run of the cell deployment per grid cell; returns at once, the pool's workers pick them up."""
+    ids = []
+    for stage in stages:
+        run = run_deployment(
+            deployment,
+            parameters={"stage": stage, "param": param, "values": values},
+            flow_run_name=stage,
+            timeout=0,
+            # A retried sweep finds the cells it already started instead of starting them twice.
+            idempotency_key=f"{flow_run.id}:{stage}",
+        )
+        ids.append(run.id)
+    return ids
+
+
+def wait_for_runs(ids: Sequence[UUID], poll_s: float) -> list[FlowRun]:
+    """Block until every flow run is in a final state (completed, failed, crashed or cancelled)."""
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = [client.read_flow_run(run_id) for run_id in ids]
+            if all(run.state is not None and run.state.is_final() for run in runs):
+                return runs
+            time.sleep(poll_s)
+
+
+def cell_record(root: Path, stage: str) -> dict[str, Any]:
+    """What a cell hands back to the sweep: its `dvc.lock` entry and its `cache: false` files.
+
+    Its cached outputs are already in the DVC remote; these two are not, since DVC leaves them to git
+    (and they keep DVC's run-cache from restoring the cell elsewhere), so they travel as the cell's result.
+    """
+    files = {
+        path: base64.b64encode((root / path).read_bytes()).decode("ascii")
+        for path in stage_uncached_files(root, stage)
+    }
+    return {"stage": stage, "lock": read_lock(root)[stage], "files": files}
+
+
+def inside(root: Path, relative: str) -> Path:
+    """`root / relative`, refusing paths that would leave the clone (a record is data from elsewhere)."""
+    path = (root / relative).resolve()
+    if root.resolve() not in path.parents:
+        raise ValueError(f"cell record names a path outside {root}: {relative}")
+    return path
+
+
+@task(cache_policy=NO_CACHE)
+def adopt_cells(root: Path, records: list[dict[str, Any]]) -> None:
+    """Write the cells' uncached files and `dvc.lock` entries here; their cached outputs stay in the remote."""
+    for record in records:
+        for relative, encoded in record["files"].items():
+            path = inside(root, relative)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temp = path.with_name(f".{path.name}.tmp")
+            temp.write_bytes(base64.b64decode(encoded))
+            os.replace(temp, path)
+    merge_lock_entries(root, {record["stage"]: record["lock"] for record in records})
+
+
+def cell_run(run: FlowRun) -> CellRun:
+    seconds = (run.end_time - run.start_time).total_seconds() if run.start_time and run.end_time else 0.0
+    state = run.state.name if run.state is not None else "Unknown"
+    return CellRun(stage=run.name, state=state, seconds=round(seconds, 1))
+
+
+def fan_out(
+    root: Path, param: str, seeds: list[int], stage: str, deployment: str, poll_s: float
+) -> list[StageResult]:
+    """Run the grid cells on the pool's workers, then the rest of the pipeline here; see the module doc."""
+    logger = get_run_logger()
+    if not has_remote(root):
+        raise ValueError(f"fan_out_cells needs a DVC remote shared by the workers, and {root} has none")
+    # The clone's slot covers the params edit only: cells may land on a worker in this very clone, and
+    # would wait forever for a slot the sweep held while waiting for them.
+    with repository_slot(root):
+        set_sweep_param(root, param, seeds)
+        cells = cell_stages(list_stages(root), stage)
+    if not cells:
+        raise ValueError(f"dvc.yaml has no matrix stage `{stage}`: nothing to fan out in {root}")
+    logger.info("%d cells to %s: %s", len(cells), deployment, ", ".join(cells))
+    finished = wait_for_runs(start_cells(cells, param, seeds, deployment), poll_s)
+    runs = [cell_run(run) for run in finished]
+    create_markdown_artifact(
+        fan_out_summary(repo=str(root), param=param, seeds=seeds, cells=runs),
+        key="emojich-sweep-cells",
+        description=f"{len(cells)} cells of {param} = {seeds}",
+    )
+    failed = [run for run in runs if run.state != "Completed"]
+    if failed:
+        raise RuntimeError("cells did not complete: " + ", ".join(f"{r.stage} ({r.state})" for r in failed))
+    with repository_slot(root):
+        adopt_cells(root, [run.state.result() for run in finished if run.state is not None])
+    # Everything upstream and every cell is restored from the remote; what depends on all cells runs here.
+    return emojich_pipeline(repo=str(root), use_remote=True)
+
+
 @flow(name="emojich-sweep")
 def emojich_sweep(
     repo: str | None = None,
@@ -119,8 +249,11 @@ def emojich_sweep(
     night: date | None = None,
     jobs: int = 1,
     poll_s: float = 30.0,
+    fan_out_cells: bool = False,
+    cell_stage: str = "generate",
+    cell_deployment: str = CELL_DEPLOYMENT,
 ) -> str:
-    """Queue one experiment with the night's seeds, run it, report it; returns the experiment's name.
+    """Sweep the night's seeds; returns the sweep's name (the experiment's, on one machine).
 
     Args:
         repo: the clone to run in; default the working directory (a deployment's pull step sets it).
@@ -128,7 +261,12 @@ def emojich_sweep(
         param: the params.yaml key that holds the seed list.
         night: the date the seeds derive from; default the scheduled date in Moscow time.
         jobs: DVC queue workers to start.
-        poll_s: seconds between `dvc queue status` checks.
+        poll_s: seconds between checks of the queue (or of the cells' flow runs).
+        fan_out_cells: run each cell of `cell_stage`'s grid as a flow run of `cell_deployment` on the pool's
+            workers, sharing the clone's DVC remote, instead of a local experiment. The night's params and
+            the resulting `dvc.lock` are then left in this clone's workspace: commit them to keep them.
+        cell_stage: the matrix stage whose entries are the cells.
+        cell_deployment: the deployment that runs one cell (`emojich_sweep_cell`).
     """
     root = resolve_repo(repo)
     logger = get_run_logger()
@@ -137,6 +275,10 @@ def emojich_sweep(
     night = night or night_of(flow_run.scheduled_start_time or datetime.now(tz=SCHEDULE_TIMEZONE))
     seeds = derive_seeds(night, seed_count)
     name = experiment_name(night, flow_run.id)
+    if fan_out_cells:
+        logger.info("night %s: %s = %s as %s, one flow run per cell", night, param, seeds, name)
+        fan_out(root, param, seeds, cell_stage, cell_deployment, poll_s)
+        return name
     logger.info("night %s: %s = %s as experiment %s", night, param, seeds, name)
     with repository_slot(root):
         queue_experiment(root, param, seeds, name)
@@ -159,6 +301,25 @@ def emojich_sweep(
         tail = "\n".join(logs.splitlines()[-30:])
         raise RuntimeError(f"experiment {name} {state.lower()}:\n{tail}")
     return name
+
+
+# The result (see `cell_record`) is read by the sweep in another process, maybe on another machine: it is
+# persisted as JSON to Prefect's result storage, which the machines must share (see the README).
+@flow(name="emojich-sweep-cell", flow_run_name="{stage}", persist_result=True, result_serializer="json")
+def emojich_sweep_cell(stage: str, param: str, values: list[Any], repo: str | None = None) -> dict[str, Any]:
+    """One grid cell of a fanned-out sweep, in this worker's clone.
+
+    Sets `param` to the sweep's `values` (so DVC expands the same cells here), pulls the cell's inputs from
+    the DVC remote, runs the cell and pushes its outputs. Upstream stages are never run: their outputs come
+    from the remote, as recorded in the clone's committed `dvc.lock`. Returns the cell's record.
+    """
+    root = resolve_repo(repo)
+    if not has_remote(root):
+        raise ValueError(f"{root} has no DVC remote: a cell's inputs and outputs travel through one")
+    with repository_slot(root):
+        set_sweep_param(root, param, values)
+        repro_stage(root, stage, remote=True)
+        return cell_record(root, stage)
 
 
 if __name__ == "__main__":

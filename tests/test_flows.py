@@ -1,3 +1,4 @@
+import shutil
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -5,22 +6,37 @@ import pytest
 import yaml
 from prefect.states import Completed, Failed
 
-from flows.dvc import (
+from flows.dvc_cli import (
     DvcCommandError,
     DvcLockBusy,
     ScrapeNetworkError,
     base_stage,
     classify_failure,
+    merge_lock_entries,
+    overlaps,
     parse_dag_dot,
     run_dvc,
+    stage_data_dependencies,
     stage_outcome,
     topological_order,
+    upstream_outputs,
 )
+from flows.params import set_param
 from flows.repository import is_transient, slot_name
-from flows.summary import DvcReport, StageResult, pipeline_summary, sticker_rows, sweep_summary
+from flows.summary import (
+    CellRun,
+    DvcReport,
+    StageResult,
+    fan_out_summary,
+    pipeline_summary,
+    sticker_rows,
+    sweep_summary,
+)
 from flows.sweep import (
+    cell_stages,
     derive_seeds,
     experiment_name,
+    inside,
     night_of,
     queue_command,
     queue_state,
@@ -282,3 +298,67 @@ def test_sweep_commands_queue_and_run_a_dvc_experiment(tmp_path):
     assert name in shown and f"[{seeds[0]}, {seeds[1]}]" in shown
     # The sweep leaves the workspace alone: it is recorded as an experiment, not applied.
     assert yaml.safe_load((repo / "params.yaml").read_text())["generate"]["seeds"] == [1, 2]
+
+
+def test_a_stage_pulls_the_outputs_it_reads_and_no_others():
+    outputs = ["data/tokens/bpe.json", "data/tokens/codes.safetensors", "data/generated/a/kept", "data/raw"]
+    # A file dep equal to an output, a folder dep holding outputs, a file dep inside an output folder.
+    dependencies = ["data/tokens/bpe.json", "data/generated", "data/raw/captions.csv", "stages/generate.py"]
+    assert upstream_outputs(outputs, dependencies) == [
+        "data/generated/a/kept",
+        "data/raw",
+        "data/tokens/bpe.json",
+    ]
+    assert not overlaps("data/raw", "data/raw_extra")
+
+
+def test_project_generate_cell_reads_only_models_and_tokenizer_outputs():
+    cell = next(
+        name for name in run_dvc(["stage", "list", "--name-only"], ROOT).output.split() if "@" in name
+    )
+    targets = stage_data_dependencies(ROOT, cell)
+    assert "data/finetune/model.safetensors" in targets and "data/tokens/bpe.json" in targets
+    assert not any(path.endswith("images") or path.endswith("codes.safetensors") for path in targets)
+
+
+def test_cells_are_the_matrix_entries_of_the_stage():
+    stages = ["scrape", "generate@8-1.0-1.0-5", "generate@8-1.0-1.0-17", "segment"]
+    assert cell_stages(stages, "generate") == ["generate@8-1.0-1.0-5", "generate@8-1.0-1.0-17"]
+    assert cell_stages(stages, "segment") == []
+
+
+def test_set_param_keeps_comments_and_flow_lists(tmp_path):
+    shutil.copy2(ROOT / "params.yaml", tmp_path / "params.yaml")
+    before = (tmp_path / "params.yaml").read_text()
+    assert set_param(tmp_path, "generate.grid.seed", [5, 17])
+    after = (tmp_path / "params.yaml").read_text()
+    changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b]
+    assert len(changed) == 1 and changed[0][1].strip().startswith("seed: [5, 17]")
+    assert not set_param(tmp_path, "generate.grid.seed", [5, 17])
+    with pytest.raises(KeyError):
+        set_param(tmp_path, "generate.grid.nothing", [1])
+
+
+def test_cell_records_are_adopted_into_lock_and_workspace(tmp_path):
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  scrape:\n    cmd: python -m stages.scrape\n"
+    )
+    entry = {"cmd": "python -m stages.generate --seed 5", "outs": [{"path": "data/generated/x/kept"}]}
+    merge_lock_entries(tmp_path, {"generate@5": entry})
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
+    assert list(lock["stages"]) == ["scrape", "generate@5"] and lock["stages"]["generate@5"] == entry
+    assert (
+        inside(tmp_path, "data/generated/x/metrics.json")
+        == (tmp_path / "data/generated/x/metrics.json").resolve()
+    )
+    with pytest.raises(ValueError, match="outside"):
+        inside(tmp_path, "../elsewhere.json")
+
+
+def test_fan_out_summary_lists_each_cell():
+    cells = [
+        CellRun("generate@8-1.0-1.0-5", "Completed", 12.5),
+        CellRun("generate@8-1.0-1.0-17", "Failed", 3.0),
+    ]
+    markdown = fan_out_summary(repo="/srv/emojich", param="generate.grid.seed", seeds=[5, 17], cells=cells)
+    assert "| `generate@8-1.0-1.0-17` | Failed | 3.0 |" in markdown and "[5, 17]" in markdown

@@ -2,6 +2,8 @@
 
 Flows drive the pipeline only through these commands, so `dvc.lock` stays the one record of what ran.
 Everything here is plain Python without Prefect, which keeps the parsers unit-testable on text samples.
+(Not `flows/dvc.py`: Prefect puts an entrypoint's folder on `sys.path`, where that name would hide the
+`dvc` package itself from the flow-run process.)
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
@@ -230,3 +232,99 @@ def read_param(root: Path, dotted: str, default: Any = None) -> Any:
 def has_remote(root: Path) -> bool:
     """Whether the clone has a DVC remote configured (`dvc remote list` prints one line per remote)."""
     return bool(run_dvc(["remote", "list"], root).output.strip())
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether two repository paths are the same or one lies inside the other (`data/x` and `data/x/y`)."""
+    first, second = PurePosixPath(a), PurePosixPath(b)
+    return first == second or first in second.parents or second in first.parents
+
+
+def upstream_outputs(outputs: Sequence[str], dependencies: Sequence[str]) -> list[str]:
+    """The outputs a stage reads: each one equal to, inside or containing one of its dependencies.
+
+    Outputs are what `dvc pull` takes as targets; a dependency may be a folder holding several outputs
+    (`data/generated`) or a file inside one, so overlap, not equality, decides.
+    """
+    return sorted({out for out in outputs if any(overlaps(out, dep) for dep in dependencies)})
+
+
+def stage_data_dependencies(root: Path, stage: str) -> list[str]:
+    """Cached outputs of other stages that `stage` depends on: what must come from the remote before it runs.
+
+    DVC's Python API only reads here (no lock taken, nothing written). `dvc repro --pull` would not do:
+    it fetches a stage's own outputs and the run-cache, never the inputs of a stage that has to run.
+    """
+    from dvc.repo import Repo  # the CLI's own package; imported late, it is slow to load
+
+    with Repo(str(root)) as repo:
+        # An absolute dvc.yaml: DVC resolves a bare stage name against the working directory, not `root`.
+        (target,) = repo.stage.collect(f"{root / 'dvc.yaml'}:{stage}")
+        dependencies = [os.path.relpath(dep.fs_path, root) for dep in target.deps]
+        outputs = [
+            os.path.relpath(out.fs_path, root)
+            for other in repo.index.stages
+            if other.addressing != target.addressing
+            for out in other.outs
+            if out.use_cache
+        ]
+    return upstream_outputs(outputs, dependencies)
+
+
+def pull_dependencies(root: Path, stage: str) -> list[str]:
+    """`dvc pull` the outputs `stage` reads and the workspace lacks; returns what it pulled.
+
+    Only those: a worker fetches what its task needs. Present ones are left alone (an upstream stage of
+    this run just wrote them, and a pull would only cost a DVC start); should one differ from its record,
+    `dvc repro` sees the change and runs the stage, as it would on one machine.
+    """
+    missing = [path for path in stage_data_dependencies(root, stage) if not (root / path).exists()]
+    if missing:
+        # Never without targets: a bare `dvc pull` fetches the whole workspace.
+        run_dvc(["pull", *missing], root, stage=stage)
+    return missing
+
+
+def push_outputs(root: Path, stage: str) -> None:
+    """`dvc push` the stage's cached outputs and the run-cache, so other clones restore instead of re-running."""
+    run_dvc(["push", "--run-cache", stage], root, stage=stage)
+
+
+def stage_uncached_files(root: Path, stage: str) -> list[str]:
+    """The files of `stage`'s `cache: false` outputs (metrics, timings), as repository paths.
+
+    No DVC remote carries them (DVC leaves them to git), so a distributed run hands them over itself.
+    """
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        (target,) = repo.stage.collect(f"{root / 'dvc.yaml'}:{stage}")
+        outputs = [Path(out.fs_path) for out in target.outs if not out.use_cache]
+    files = []
+    for output in outputs:
+        found = sorted(p for p in output.rglob("*") if p.is_file()) if output.is_dir() else [output]
+        files += [str(path.relative_to(root)) for path in found if path.exists()]
+    return files
+
+
+def merge_lock_entries(root: Path, entries: dict[str, Any]) -> None:
+    """Add stages' `dvc.lock` entries recorded in other clones to this clone's `dvc.lock`.
+
+    DVC has no command that imports another clone's record of a stage; the entries are DVC's own text,
+    copied verbatim, so DVC then sees those stages as up to date and restores their outputs from the remote.
+    ruamel keeps the rest of the file as DVC wrote it; the file is replaced atomically.
+    """
+    from ruamel.yaml import YAML
+
+    yaml_rt = YAML()
+    path = root / "dvc.lock"
+    data = yaml_rt.load(path.read_text(encoding="utf-8")) if path.exists() else None
+    if not data:
+        data = {"schema": "2.0", "stages": {}}
+    data.setdefault("stages", {})
+    for name, entry in entries.items():
+        data["stages"][name] = entry
+    temp = path.with_name(f".{path.name}.tmp")
+    with temp.open("w", encoding="utf-8") as stream:
+        yaml_rt.dump(data, stream)
+    os.replace(temp, path)
