@@ -38,6 +38,7 @@ from emojich.finetune import (
 )
 from emojich.imageset import image_grid, save_png, to_uint8
 from emojich.models.dalle import Dalle, DalleConfig
+from emojich.models.standin import ORIGIN_KEY, combine, file_origin, safetensors_origin
 from emojich.models.vqgan import VQGan
 from emojich.params import from_dict, load_section
 from emojich.sampling import generate
@@ -278,11 +279,13 @@ def finetune(params: FinetuneParams, tokens: Path = TOKENS, out: Path = OUT) -> 
     bar.close()
     final = evaluate(trainer.total_steps)
 
-    model.save(out / "model.safetensors")
+    origin = combine([file_origin(params.model.weights), safetensors_origin(tokens / "vqgan.safetensors")])
+    model.save(out / "model.safetensors", {ORIGIN_KEY: origin})
     first_eval = eval_log.rows[0]
     metrics = {
         "model": variant,
         "preset": params.model.preset,
+        ORIGIN_KEY: origin,
         "freeze": params.freeze,
         "caption_dropout": params.caption_dropout,
         "images_per_caption": params.images_per_caption,

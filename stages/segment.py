@@ -17,6 +17,7 @@ import dataclasses
 import glob
 import io
 import itertools
+import json
 import logging
 import shutil
 from collections import Counter
@@ -26,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from emojich.layout import IMAGES_DIR, MASK_KIND, RGB_KIND
+from emojich.models.standin import ORIGIN_KEY, SELFTRAINED, combine, file_origin
 from emojich.params import from_dict, load_section
 from emojich.segment.contour import ContourConfig, contour_alpha
 from emojich.segment.metrics import mask_scores
@@ -188,7 +190,8 @@ def segment(
         shutil.rmtree(folder, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
-    save_unet(model, config, out_dir / "unet.safetensors")
+    origin = combine([file_origin(params.init_weights), *(_generated_origin(path) for path in paths)])
+    save_unet(model, config, out_dir / "unet.safetensors", {ORIGIN_KEY: origin})
     write_csv_atomic(out_dir / "rounds.csv", rounds_rows[0], rounds_rows[1:])
 
     methods = write_labels(paths, generated, result, root, out_dir, params.contour)
@@ -196,6 +199,7 @@ def segment(
     contour_val = contour_scores(val_set, params.contour, params.pseudolabel.boundary_tolerance)
     metrics = {
         "variant": f"unet-{params.preset}-{'finetuned' if params.init_weights else 'selftrained'}",
+        ORIGIN_KEY: origin,
         "encoder": config.encoder,
         "input_size": config.size,
         "rounds": final.round,
@@ -211,6 +215,14 @@ def segment(
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def _generated_origin(image: Path) -> str:
+    """What drew a generated image, from its sidecar (self-trained when it has none)."""
+    sidecar = image.with_suffix(".json")
+    if not sidecar.is_file():
+        return SELFTRAINED
+    return json.loads(sidecar.read_text(encoding="utf-8")).get(ORIGIN_KEY, SELFTRAINED)
 
 
 def write_labels(

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from emojich.models.standin import ORIGIN_KEY, SELFTRAINED, combine
 from emojich.params import from_dict, load_section
 from emojich.stickers import (
     MAX_STICKER_BYTES,
@@ -69,7 +70,7 @@ def make_stickers(params: StickersParams, segment_dir: Path = SEGMENT_DIR, out_d
     for folder in (images_dir, pack_dir):  # this stage's own outputs: nothing stale may survive
         shutil.rmtree(folder, ignore_errors=True)
 
-    entries, problems = [], {}
+    entries, problems, entry_origins = [], {}, []
     methods: Counter[str] = Counter()
     encodings: Counter[str] = Counter()
     for row in labels:
@@ -82,6 +83,7 @@ def make_stickers(params: StickersParams, segment_dir: Path = SEGMENT_DIR, out_d
         encoded = write_sticker(images_dir / name, rgb, alpha, params.max_bytes, params.side)
         confidence = float(row["confidence"]) if row["confidence"] else None
         generation = _generation_sidecar(image_path)
+        entry_origins.append((generation or {}).get(ORIGIN_KEY, SELFTRAINED))
         sidecar = sticker_sidecar(
             generation,
             row["method"],
@@ -110,6 +112,8 @@ def make_stickers(params: StickersParams, segment_dir: Path = SEGMENT_DIR, out_d
     write_pack(entries, images_dir, pack_dir, params.preview_cell, params.preview_columns)
     metrics = {
         "count": len(entries),
+        # Stand-in weights anywhere upstream show in every generation sidecar the stickers copy.
+        ORIGIN_KEY: combine(entry_origins),
         "valid": len(entries) - len(problems),
         "all_valid": not problems,
         "format": params.format,

@@ -22,6 +22,7 @@ from emojich.fidelity.colour import block_delta_e
 from emojich.fidelity.retrieval import THUMBNAILS_FILE, thumbnails
 from emojich.imageset import image_grid, load_images, save_png
 from emojich.layout import IMAGES_DIR, RGB_KIND
+from emojich.models.standin import ORIGIN_KEY, combine, file_origin
 from emojich.models.vqgan import (
     VQGan,
     VQGanConfig,
@@ -125,7 +126,8 @@ def tokenize(params: TokenizeParams, upscaled: Path = UPSCALED, out: Path = OUT)
     )
 
     out.mkdir(parents=True, exist_ok=True)
-    model.save(out / "vqgan.safetensors")
+    origin = combine([file_origin(params.image.weights), file_origin(params.text.bpe_model)])
+    model.save(out / "vqgan.safetensors", {ORIGIN_KEY: origin})
     bpe.save(out / "bpe.json")
     with atomic_path(out / "codes.safetensors") as tmp:
         save_file({"codes": codes.to(torch.int32).contiguous()}, str(tmp))
@@ -142,6 +144,7 @@ def tokenize(params: TokenizeParams, upscaled: Path = UPSCALED, out: Path = OUT)
     metrics = {
         "image_tokenizer": variant,
         "text_tokenizer": text_variant,
+        ORIGIN_KEY: origin,
         "images": len(rows),
         "train_images": len(train_ids),
         "val_images": len(val_ids),
