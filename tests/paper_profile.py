@@ -25,7 +25,7 @@ def paper_overrides(weights: Path, size: str, prompts: str = "prompts/appendix.t
     return {
         "scrape": {
             "source": "offline",
-            "offline": {"styles": ["twemoji", "openmoji"], "max_emoji": 12 if tiny else 6, "render_size": 64},
+            "offline": {"styles": ["twemoji", "openmoji"], "max_emoji": 8 if tiny else 6, "render_size": 64},
         },
         "prepare": {"val_fraction": 0.25, "workers": 0},
         "upscale": {
@@ -70,7 +70,7 @@ def paper_overrides(weights: Path, size: str, prompts: str = "prompts/appendix.t
         "segment": {
             "preset": presets["unet"],
             "init_weights": str(weights / standin.UNET_FILE),
-            "max_train_images": 8 if tiny else 4,
+            "max_train_images": 4,
             "pseudolabel": {
                 "max_rounds": 1,
                 "steps_initial": 2 if tiny else 1,

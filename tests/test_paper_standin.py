@@ -14,7 +14,7 @@ from emojich.cli import main as cli_main
 from emojich.models import standin
 from emojich.models.dalle import DalleConfig
 from emojich.models.vqgan import VQGanConfig
-from emojich.training import TrainConfig, lr_at
+from emojich.training import TrainConfig, build_optimizer, build_scheduler
 from tests.paper_profile import PROFILE, paper_overrides
 from tests.pipeline import dvc, make_pipeline_repo, run
 
@@ -68,14 +68,31 @@ def test_standins_are_the_same_bytes_for_the_same_seed(tiny_weights, tmp_path):
 
 
 def test_tiny_standins_keep_the_published_key_names(tiny_weights):
-    """The full-size key set, built on the meta device, is exactly the tiny file's key set."""
+    """The full-size key sets, built on the meta device, are exactly the tiny files' key sets."""
     from emojich.models.dalle import Dalle
+    from emojich.models.rrdbnet import PRESETS, RRDBNet
+    from emojich.models.vqgan import VQGan
+
+    def keys(name: str, wrapper: str | None = None) -> dict[str, torch.Tensor]:
+        state = torch.load(tiny_weights / name, weights_only=True, mmap=True)
+        return state[wrapper] if wrapper else state
 
     with torch.device("meta"):
-        full = Dalle(DalleConfig.preset("malevich")).state_dict()
-    tiny = torch.load(tiny_weights / standin.DALLE_FILE, weights_only=True, mmap=True)
-    assert set(tiny) == set(full)
-    assert tiny["to_logits.1.weight"].shape[0] != full["to_logits.1.weight"].shape[0]
+        dalle = Dalle(DalleConfig.preset("malevich")).state_dict()
+        vqgan = VQGan(VQGanConfig.preset("sber-dwt")).state_dict()
+        rrdb = RRDBNet(PRESETS["realesrgan-x4"]).state_dict()
+    tiny = keys(standin.DALLE_FILE)
+    assert set(tiny) == set(dalle)
+    assert tiny["to_logits.1.weight"].shape[0] < dalle["to_logits.1.weight"].shape[0]
+    assert set(keys(standin.VQGAN_DWT_FILE, "state_dict")) == {f"model.{key}" for key in vqgan}
+    assert set(keys(standin.REALESRGAN_FILE, "params_ema")) == set(rrdb)
+
+
+def test_realesrgan_shapes_are_read_off_the_file(tiny_weights):
+    from emojich.models.rrdbnet import RRDBNet, RRDBNetConfig
+
+    model = RRDBNet.load_published(tiny_weights / standin.REALESRGAN_FILE)
+    assert model.config == RRDBNetConfig(**standin.RRDBNET_TINY)
 
 
 def test_standin_weights_rejects_bad_input_with_one_line(tmp_path, capsys):
@@ -114,8 +131,16 @@ def test_paper_variant_of_every_stage_ran_on_standins(paper_run):
     # The one-cycle schedule with the report's three learning rates, step by step.
     with open(path / "data/finetune/plots/train.csv", encoding="utf-8", newline="") as handle:
         logged = [float(row["lr"]) for row in csv.DictReader(handle)]
-    recipe = TrainConfig(lr_start=4e-7, lr_max=1e-5, lr_final=2e-8, warmup=0.1)
-    assert logged == pytest.approx([lr_at(recipe, 4, step) for step in range(4)], rel=1e-4)
+    recipe = TrainConfig(lr_start=4e-7, lr_max=1e-5, lr_final=2e-8, warmup=0.1, optimizer="adamw")
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], recipe)
+    scheduler = build_scheduler(optimizer, recipe, 4)
+    expected = []
+    for _ in range(4):
+        expected.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert logged == pytest.approx(expected, rel=1e-4)
+    assert logged[0] == pytest.approx(4e-7) and max(logged) == pytest.approx(1e-5)  # rises, then anneals
 
     (cell,) = (path / "data/generated").iterdir()
     generated = json.loads((cell / "metrics.json").read_text(encoding="utf-8"))
