@@ -242,7 +242,11 @@ def _run_standin(args: argparse.Namespace) -> int:
         return 2
     from emojich.models.standin import main as write_standins
 
-    return write_standins(str(folder), args.size, args.seed)
+    try:
+        return write_standins(str(folder), args.size, args.seed)
+    except OSError as error:  # an unwritable folder or a full disk (full size needs ~6 GB)
+        print(f"emojich standin-weights: {error}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

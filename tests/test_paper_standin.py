@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -100,8 +101,13 @@ def test_standin_weights_rejects_bad_input_with_one_line(tmp_path, capsys):
     blocker.write_text("x")
     assert cli_main(["standin-weights", str(blocker)]) == 2
     assert cli_main(["standin-weights", str(tmp_path / "w"), "--seed", "-1"]) == 2
+    readonly = tmp_path / "readonly"
+    readonly.mkdir(mode=0o500)
+    if os.access(readonly, os.W_OK):  # root ignores the mode: a path under a file fails the same way
+        readonly = blocker
+    assert cli_main(["standin-weights", str(readonly / "sub")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("emojich standin-weights:") for line in err)
+    assert len(err) == 3 and all(line.startswith("emojich standin-weights:") for line in err)
     assert not (tmp_path / "w").exists()
 
 
