@@ -228,7 +228,8 @@ class Tracer:
         }
         if actual is not None:
             # From the checkpoint itself: stand-in weights upstream are never lost on the way.
-            link.facts["weights_origin"] = safetensors_origin(full)
+            with contextlib.suppress(Exception):  # an unreadable file is reported below, by its hash
+                link.facts["weights_origin"] = safetensors_origin(full)
         if actual is None:
             link.problem = f"missing-file: {relative} is gone"
         elif expected_sha and actual != expected_sha:
