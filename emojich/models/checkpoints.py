@@ -49,11 +49,13 @@ def load_state_dict_strict(
     state: Mapping[str, torch.Tensor],
     optional: Iterable[str] = (),
     source: str = "checkpoint",
+    assign: bool = False,
 ) -> None:
     """Load `state` into `module`, requiring every key and shape to match.
 
     Keys listed in `optional` (e.g. mask buffers some published files carry) may be absent
     from `state`, and may also be present in `state` while the module does not hold them.
+    `assign` makes the module hold `state`'s tensors themselves (for a module built on `meta`).
     """
     optional = set(optional)
     expected = module.state_dict()
@@ -74,7 +76,7 @@ def load_state_dict_strict(
     if problems:
         raise CheckpointError(f"{source} does not fit {type(module).__name__}: " + "; ".join(problems))
     usable = {name: value for name, value in state.items() if name in expected}
-    module.load_state_dict(usable, strict=False)
+    module.load_state_dict(usable, strict=False, assign=assign)
 
 
 def save_safetensors(
