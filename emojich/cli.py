@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lineage_command(commands)
     _add_extract_command(commands)
     _add_bot_command(commands)
+    _add_standin_command(commands)
     return parser
 
 
@@ -425,6 +426,45 @@ def _run_generate(args: argparse.Namespace) -> int:
 
     _check_generate(args)
     return generate_command(args)
+
+
+def _add_standin_command(commands: argparse._SubParsersAction) -> None:
+    standin = commands.add_parser(
+        "standin-weights",
+        help="write seeded random weights in the published files' formats, to test the paper path",
+        description="Write pytorch_model_v3.bin, vqgan.gumbelf8-sber(-dwt).model.ckpt, bpe.model, "
+        "RealESRGAN_x4.pth and unet_effnetb5/pytorch_model_v2.bin into DIR: the published containers, "
+        "keys and names, filled with seeded random weights and marked as stand-ins in their metadata, "
+        "so every stage's metrics say weights_origin: standin. Full size needs about 6 GB of disk.",
+    )
+    standin.add_argument("folder", metavar="DIR", help="output folder (created if missing)")
+    standin.add_argument(
+        "--size",
+        choices=("tiny", "full"),
+        default="tiny",
+        help="tiny: small shapes for CI; full: the published",
+    )
+    standin.add_argument("--seed", type=int, default=0)
+    standin.set_defaults(handler=_run_standin)
+
+
+def _run_standin(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    folder = Path(args.folder)
+    if folder.exists() and not folder.is_dir():
+        print(f"emojich standin-weights: {folder} exists and is not a folder", file=sys.stderr)
+        return 2
+    if args.seed < 0:
+        print(f"emojich standin-weights: --seed must be >= 0, got {args.seed}", file=sys.stderr)
+        return 2
+    from emojich.models.standin import main as write_standins
+
+    try:
+        return write_standins(str(folder), args.size, args.seed)
+    except OSError as error:  # an unwritable folder or a full disk (full size needs ~6 GB)
+        print(f"emojich standin-weights: {error}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,7 @@ from emojich.fidelity.retrieval import Reference, fidelity_metrics, load_referen
 from emojich.imageset import to_uint8
 from emojich.models.dalle import Dalle
 from emojich.models.rrdbnet import RRDBNet
+from emojich.models.standin import ORIGIN_KEY, combine, safetensors_origin
 from emojich.models.vqgan import VQGan
 from emojich.sampling import generate
 from emojich.storage import (
@@ -278,8 +279,12 @@ def load_models(
         "tokenizer_sha256": sha256_file(bpe),
         "vqgan_sha256": sha256_file(vqgan),
     }
+    origins = [safetensors_origin(checkpoint), safetensors_origin(vqgan)]
     if sr_model is not None and upscaler:
         provenance["upscaler_sha256"] = sha256_file(upscaler)
+        origins.append(safetensors_origin(upscaler))
+    # Every image says whether stand-in weights drew it, so no result passes for the paper's.
+    provenance[ORIGIN_KEY] = combine(origins)
     return Models(dalle, tokenizer, image_model, sr_model, variant, provenance)
 
 
@@ -588,6 +593,7 @@ def cell_metrics(run: CellRun, models: Models, keep_best: int, skipped_empty: in
         "unknown_tokens": sum(c.unknown_tokens for c in checks),
         "size": TARGET_SIZE,
         "upscaler": models.output_method,
+        ORIGIN_KEY: models.provenance[ORIGIN_KEY],
     }
 
 

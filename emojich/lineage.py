@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from emojich.layout import IMAGES_DIR, RAW_KIND, RGB_KIND
+from emojich.models.standin import safetensors_origin
 from emojich.records import PROVENANCE_FILE
 from emojich.shards import SHARD_SUFFIX, ShardReader, member_ref
 from emojich.storage import file_digest, sha256_bytes, sha256_file
@@ -226,6 +227,10 @@ class Tracer:
         link.facts = {
             k: metrics.get(k) for k in ("model", "steps", "freeze", "val_loss", "train_pairs") if k in metrics
         }
+        if actual is not None:
+            # From the checkpoint itself: stand-in weights upstream are never lost on the way.
+            with contextlib.suppress(Exception):  # an unreadable file is reported below, by its hash
+                link.facts["weights_origin"] = safetensors_origin(full)
         if actual is None:
             link.problem = f"missing-file: {relative} is gone"
         elif expected_sha and actual != expected_sha:

@@ -52,6 +52,7 @@ from emojich.finetune import (
 from emojich.imageset import image_grid, save_png, to_uint8
 from emojich.logs import setup_logging
 from emojich.models.dalle import Dalle, DalleConfig
+from emojich.models.standin import ORIGIN_KEY, combine, file_origin, safetensors_origin
 from emojich.models.vqgan import VQGan
 from emojich.params import from_dict, load_section
 from emojich.progress import progress_bar
@@ -327,12 +328,14 @@ def finetune(
     bar.close()
     final = evaluate(trainer.total_steps)
 
-    model.save(out / "model.safetensors")
+    origin = combine([file_origin(params.model.weights), safetensors_origin(tokens / "vqgan.safetensors")])
+    model.save(out / "model.safetensors", {ORIGIN_KEY: origin})
     _publish_logs(checkpoints, out, trainer.total_steps)
     first_eval = eval_log.rows[0]
     record = {
         "model": variant,
         "preset": params.model.preset,
+        ORIGIN_KEY: origin,
         "freeze": params.freeze,
         "caption_dropout": params.caption_dropout,
         "images_per_caption": params.images_per_caption,

@@ -20,6 +20,7 @@ import dataclasses
 import glob
 import io
 import itertools
+import json
 import logging
 import shutil
 from collections import Counter
@@ -31,6 +32,7 @@ from PIL import Image
 
 from emojich.layout import IMAGES_DIR, MASK_KIND, RGB_KIND
 from emojich.logs import setup_logging
+from emojich.models.standin import ORIGIN_KEY, SELFTRAINED, combine, file_origin
 from emojich.params import from_dict, load_section
 from emojich.records import METRICS_DIR, PROVENANCE_FILE, pick, write_records
 from emojich.segment.contour import ContourConfig, contour_alpha
@@ -227,7 +229,8 @@ def segment(
         shutil.rmtree(folder, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
-    save_unet(model, config, out_dir / "unet.safetensors")
+    origin = combine([file_origin(params.init_weights), *(_generated_origin(path) for path in paths)])
+    save_unet(model, config, out_dir / "unet.safetensors", {ORIGIN_KEY: origin})
     write_csv_atomic(out_dir / "rounds.csv", rounds_rows[0], rounds_rows[1:])
 
     methods = write_labels(paths, generated, result, root, out_dir, params.contour)
@@ -235,6 +238,7 @@ def segment(
     contour_val = contour_scores(val_set, params.contour, params.pseudolabel.boundary_tolerance)
     record = {
         "variant": f"unet-{params.preset}-{'finetuned' if params.init_weights else 'selftrained'}",
+        ORIGIN_KEY: origin,
         "encoder": config.encoder,
         "input_size": config.size,
         "rounds": final.round,
@@ -256,6 +260,14 @@ def segment(
 def summary(record: dict) -> dict:
     """The numbers a person compares between runs (the rest stays in provenance.json)."""
     return {**pick(record, ("val_iou", "contour_val_iou", "rounds")), **record["methods"]}
+
+
+def _generated_origin(image: Path) -> str:
+    """What drew a generated image, from its sidecar (self-trained when it has none)."""
+    sidecar = image.with_suffix(".json")
+    if not sidecar.is_file():
+        return SELFTRAINED
+    return json.loads(sidecar.read_text(encoding="utf-8")).get(ORIGIN_KEY, SELFTRAINED)
 
 
 def write_labels(

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from emojich.logs import setup_logging
+from emojich.models.standin import ORIGIN_KEY, SELFTRAINED, combine
 from emojich.params import from_dict, load_section
 from emojich.records import METRICS_DIR, PROVENANCE_FILE, write_records
 from emojich.stickers import (
@@ -79,7 +80,7 @@ def make_stickers(
     for folder in (images_dir, pack_dir):  # this stage's own outputs: nothing stale may survive
         shutil.rmtree(folder, ignore_errors=True)
 
-    entries, problems = [], {}
+    entries, problems, entry_origins = [], {}, []
     methods: Counter[str] = Counter()
     encodings: Counter[str] = Counter()
     for row in labels:
@@ -92,6 +93,7 @@ def make_stickers(
         encoded = write_sticker(images_dir / name, rgb, alpha, params.max_bytes, params.side)
         confidence = float(row["confidence"]) if row["confidence"] else None
         generation = _generation_sidecar(image_path)
+        entry_origins.append((generation or {}).get(ORIGIN_KEY, SELFTRAINED))
         sidecar = sticker_sidecar(
             generation,
             row["method"],
@@ -120,6 +122,8 @@ def make_stickers(
     write_pack(entries, images_dir, pack_dir, params.preview_cell, params.preview_columns)
     record = {
         "count": len(entries),
+        # Stand-in weights anywhere upstream show in every generation sidecar the stickers copy.
+        ORIGIN_KEY: combine(entry_origins),
         "valid": len(entries) - len(problems),
         "all_valid": not problems,
         "format": params.format,

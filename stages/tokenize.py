@@ -23,6 +23,7 @@ from emojich.fidelity.retrieval import THUMBNAILS_FILE, thumbnails
 from emojich.imageset import image_grid, load_images, save_png
 from emojich.layout import IMAGES_DIR, RGB_KIND
 from emojich.logs import setup_logging
+from emojich.models.standin import ORIGIN_KEY, combine, file_origin
 from emojich.models.vqgan import (
     VQGan,
     VQGanConfig,
@@ -131,7 +132,8 @@ def tokenize(
     )
 
     out.mkdir(parents=True, exist_ok=True)
-    model.save(out / "vqgan.safetensors")
+    origin = combine([file_origin(params.image.weights), file_origin(params.text.bpe_model)])
+    model.save(out / "vqgan.safetensors", {ORIGIN_KEY: origin})
     bpe.save(out / "bpe.json")
     with atomic_path(out / "codes.safetensors") as tmp:
         save_file({"codes": codes.to(torch.int32).contiguous()}, str(tmp))
@@ -148,6 +150,7 @@ def tokenize(
     record = {
         "image_tokenizer": variant,
         "text_tokenizer": text_variant,
+        ORIGIN_KEY: origin,
         "images": len(rows),
         "train_images": len(train_ids),
         "val_images": len(val_ids),

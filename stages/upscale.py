@@ -31,6 +31,7 @@ from emojich.data.images import PreparedRow, decode_png_array, encode_png, read_
 from emojich.data.split import TRAIN, VALIDATION
 from emojich.layout import IMAGES_DIR, MASK_KIND, RGB_KIND, UPSCALED_PREFIX
 from emojich.models.rrdbnet import RRDBNet, preset
+from emojich.models.standin import ORIGIN_KEY, file_origin
 from emojich.params import from_dict, load_section
 from emojich.progress import progress_bar
 from emojich.records import METRICS_DIR, PROVENANCE_FILE, rounded, write_records
@@ -164,7 +165,8 @@ def _upscale_dataset(
 
     if model is None:  # keep the declared output; its metadata says nothing was learnt
         model = RRDBNet(preset(params.preset))
-    model.save(out_dir / MODEL_FILE, {"variant": variant, "seed": str(params.seed)})
+    origin = file_origin(params.weights)
+    model.save(out_dir / MODEL_FILE, {"variant": variant, "seed": str(params.seed), ORIGIN_KEY: origin})
 
     # The shards take ids in increasing order, so the work goes in chunks of consecutive ids.
     # Inside a chunk `upscale_to` batches equal-sized images together; ids of one style share a
@@ -186,6 +188,7 @@ def _upscale_dataset(
     finished = time.perf_counter()
     metrics = {
         "upscaler": variant,
+        ORIGIN_KEY: origin,
         "target_size": target,
         "images": {"total": len(rows), **counts},
         "psnr_heldout": quality,

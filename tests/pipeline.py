@@ -46,8 +46,9 @@ def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
     return run([str(Path(sys.executable).parent / "dvc"), *args], cwd=cwd, check=check)
 
 
-def make_pipeline_repo(dest: Path, overrides: dict[str, Any]) -> Path:
-    """Copy the pipeline into `dest`, apply `overrides` to params.yaml, init git and DVC, commit."""
+def make_pipeline_repo(dest: Path, overrides: dict[str, Any], base: str = "params.yaml") -> Path:
+    """Copy the pipeline into `dest`, apply `overrides` to `base` (a params file, e.g. a profile)
+    as its params.yaml, init git and DVC, commit."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         source = ROOT / name
@@ -55,7 +56,7 @@ def make_pipeline_repo(dest: Path, overrides: dict[str, Any]) -> Path:
             shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif source.exists():
             shutil.copy2(source, dest / name)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params = yaml.safe_load((ROOT / base).read_text(encoding="utf-8"))
     (dest / "params.yaml").write_text(
         yaml.safe_dump(_merge(params, overrides), allow_unicode=True, sort_keys=False), encoding="utf-8"
     )

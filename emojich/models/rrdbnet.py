@@ -165,7 +165,7 @@ class RRDBNet(nn.Module):
     def load_published(cls, path: str | os.PathLike[str], config: RRDBNetConfig | None = None) -> RRDBNet:
         """Load a published Real-ESRGAN file (raw state dict, or under `params_ema` / `params`)."""
         state = read_state_dict(path, wrappers=PUBLISHED_WRAPPERS)
-        model = cls(config or PRESETS["realesrgan-x4"])
+        model = cls(config or config_from_state_dict(state))
         load_state_dict_strict(model, state, source=str(path))
         return model.eval()
 
@@ -185,3 +185,24 @@ class RRDBNet(nn.Module):
         model = cls(RRDBNetConfig(**json.loads(metadata[_CONFIG_KEY])))
         load_state_dict_strict(model, read_state_dict(path), source=str(path))
         return model.eval()
+
+
+def config_from_state_dict(state: dict[str, torch.Tensor]) -> RRDBNetConfig:
+    """The RRDBNet a published state dict was saved from, read off its shapes.
+
+    Real-ESRGAN's files do not record their architecture; the widths, the block count and the
+    scale (through the pixel-unshuffled input channels) are all visible in the tensors. A file
+    missing the keys falls back to the x4 preset, whose strict load then names what is missing.
+    """
+    fallback = PRESETS["realesrgan-x4"]
+    if "conv_first.weight" not in state or "body.0.rdb1.conv1.weight" not in state:
+        return fallback
+    num_feat, inputs = state["conv_first.weight"].shape[:2]
+    scale = {3: 4, 12: 2, 48: 1}.get(int(inputs), fallback.scale)
+    blocks = {int(key.split(".")[1]) for key in state if key.startswith("body.")}
+    return RRDBNetConfig(
+        num_feat=int(num_feat),
+        num_block=len(blocks),
+        num_grow_ch=int(state["body.0.rdb1.conv1.weight"].shape[0]),
+        scale=scale,
+    )

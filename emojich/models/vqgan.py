@@ -131,6 +131,21 @@ _PRESETS: dict[str, VQGanConfig] = {
         norm_groups=8,
         quantizer="ema",
     ),
+    # The published layout (four levels, two blocks each, attention at the 1/8 grid, so every
+    # published key name) at tiny widths: `emojich standin-weights --size tiny`, for CI.
+    "sber-tiny": VQGanConfig(
+        resolution=32, ch=8, attn_resolutions=(4,), z_channels=8, codebook_size=64, embed_dim=8, norm_groups=4
+    ),
+    "sber-dwt-tiny": VQGanConfig(
+        resolution=32,
+        ch=8,
+        attn_resolutions=(4,),
+        z_channels=8,
+        codebook_size=64,
+        embed_dim=8,
+        norm_groups=4,
+        dwt=True,
+    ),
     "tiny": VQGanConfig(
         resolution=16,
         ch=8,
@@ -410,9 +425,9 @@ class VQGan(nn.Module):
         load_state_dict_strict(model, state, optional=UNUSED_DWT_KEYS if dwt else (), source=str(path))
         return model.eval()
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: str | os.PathLike[str], extra: dict[str, str] | None = None) -> None:
         """Save as safetensors with the config in the metadata, so `load` rebuilds the model."""
-        metadata = {"format": CHECKPOINT_FORMAT, "config": self.config.to_json()}
+        metadata = {**(extra or {}), "format": CHECKPOINT_FORMAT, "config": self.config.to_json()}
         save_safetensors(self, path, metadata=metadata)
 
     @classmethod

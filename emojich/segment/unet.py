@@ -55,6 +55,11 @@ PRESETS: dict[str, UnetConfig] = {
     "paper": UnetConfig(encoder="efficientnet-b7"),
     # What the published code ships: pytorch_model_v2.bin loads strictly into this.
     "published-b5": UnetConfig(encoder="efficientnet-b5"),
+    # The published B5 at a small side and decoder, for `emojich standin-weights --size tiny`.
+    # EfficientNet's key names encode its depth, so no smaller encoder has the published keys.
+    "published-b5-tiny": UnetConfig(
+        encoder="efficientnet-b5", decoder_channels=(16, 16, 16, 16, 16), size=64
+    ),
     # Laptop profile. At 128 px on 2 CPU cores the MobileNetV3 encoders (timm) trained and predicted
     # several times faster than resnet18, mobilenet_v2 and efficientnet-b0; Large was no slower
     # than Small in those measurements and has more capacity.
@@ -92,9 +97,9 @@ def build_unet(config: UnetConfig, seed: int | None = None) -> nn.Module:
         )
 
 
-def load_published(path: str | os.PathLike[str]) -> nn.Module:
+def load_published(path: str | os.PathLike[str], preset_name: str = "published-b5") -> nn.Module:
     """The published `unet_effnetb5/pytorch_model_v2.bin`, loaded strictly into the B5 U-Net."""
-    model = build_unet(preset("published-b5"))
+    model = build_unet(preset(preset_name))
     load_state_dict_strict(model, read_state_dict(path, wrappers=("state_dict", "model")), source=str(path))
     return model.eval()
 
@@ -102,9 +107,11 @@ def load_published(path: str | os.PathLike[str]) -> nn.Module:
 _CONFIG_KEY = "unet_config"
 
 
-def save_unet(model: nn.Module, config: UnetConfig, path: str | os.PathLike[str]) -> None:
+def save_unet(
+    model: nn.Module, config: UnetConfig, path: str | os.PathLike[str], extra: dict[str, str] | None = None
+) -> None:
     """Safetensors with the config in its metadata, so the file alone says how to rebuild the model."""
-    metadata = {_CONFIG_KEY: json.dumps(dataclasses.asdict(config), sort_keys=True)}
+    metadata = {**(extra or {}), _CONFIG_KEY: json.dumps(dataclasses.asdict(config), sort_keys=True)}
     save_safetensors(model, path, metadata=metadata)
 
 
@@ -123,8 +130,8 @@ def load_unet(path: str | os.PathLike[str], preset_name: str = "demo") -> tuple[
     (a mismatch would otherwise only show up as a wall of shape errors).
     """
     path = Path(path)
-    if preset_name == "published-b5" and path.suffix != ".safetensors":
-        return load_published(path), preset("published-b5")
+    if preset_name.startswith("published-b5") and path.suffix != ".safetensors":
+        return load_published(path, preset_name), preset(preset_name)
     config = (read_unet_config(path) if path.suffix == ".safetensors" else None) or preset(preset_name)
     model = build_unet(config)
     load_state_dict_strict(model, read_state_dict(path, wrappers=("state_dict", "model")), source=str(path))
