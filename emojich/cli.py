@@ -442,9 +442,12 @@ def _add_standin_command(commands: argparse._SubParsersAction) -> None:
         "--size",
         choices=("tiny", "full"),
         default="tiny",
-        help="tiny: small shapes for CI; full: the published",
+        help="tiny: the published keys at small shapes, for tests; full: the published shapes "
+        "(default: %(default)s)",
     )
-    standin.add_argument("--seed", type=int, default=0)
+    standin.add_argument(
+        "--seed", type=int, default=0, help="random seed; same seed, same bytes (default: %(default)s)"
+    )
     standin.set_defaults(handler=_run_standin)
 
 

@@ -47,8 +47,9 @@ FOLDERS = {"upscale": "upscaled", "tokenize": "tokens"}  # the others write data
 
 
 def _metrics(path: Path, stage: str) -> dict:
+    """A stage's full record: its provenance output (the committed metrics are a rounded summary)."""
     folder = path / "data" / FOLDERS.get(stage, stage)
-    return json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    return json.loads((folder / "provenance.json").read_text(encoding="utf-8"))
 
 
 def test_standins_have_the_published_names_and_say_what_they_are(tiny_weights):
@@ -149,7 +150,7 @@ def test_paper_variant_of_every_stage_ran_on_standins(paper_run):
     assert logged[0] == pytest.approx(4e-7) and max(logged) == pytest.approx(1e-5)  # rises, then anneals
 
     (cell,) = (path / "data/generated").iterdir()
-    generated = json.loads((cell / "metrics.json").read_text(encoding="utf-8"))
+    generated = json.loads((cell / "provenance.json").read_text(encoding="utf-8"))
     assert generated["upscaler"] == "dwt-decoder"
     # The DWT decoder doubles the tokenizer's side (512 px from 256 px at full size).
     kept = sorted((cell / "kept").glob("*.png"))
@@ -171,7 +172,7 @@ def test_every_stage_with_weights_says_standin(paper_run):
     for stage in ("upscale", "tokenize", "finetune", "segment", "stickers"):
         assert _metrics(path, stage)["weights_origin"] == standin.STANDIN, stage
     (cell,) = (path / "data/generated").iterdir()
-    assert json.loads((cell / "metrics.json").read_text())["weights_origin"] == standin.STANDIN
+    assert json.loads((cell / "provenance.json").read_text())["weights_origin"] == standin.STANDIN
 
 
 @pytest.mark.slow
