@@ -131,7 +131,7 @@ def test_paper_variant_of_every_stage_ran_on_standins(paper_run):
     assert finetune["freeze"] == "attention-and-mlp" and finetune["frozen_tensors"] == 24 * 8
     assert 0 < finetune["trainable_parameters"] < finetune["parameters"]
     # 8-bit Adam: its moments are stored as uint8 in the resumable checkpoint.
-    state = torch.load(path / "data/finetune/checkpoints/last.pt", weights_only=True)
+    state = torch.load(path / "data/cache/finetune/last.pt", weights_only=True)
     quantised = [s.get("__bnb_optimizer_quant_state__", s) for s in state["optimizer"]["state"].values()]
     moments = [s for s in quantised if "state1" in s]
     assert any(s["state1"].dtype == torch.uint8 for s in moments)  # small tensors stay 32-bit
