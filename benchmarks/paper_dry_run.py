@@ -152,11 +152,12 @@ def shapes(repo: Path) -> dict[str, Any]:
 
 
 def stage_metrics(repo: Path, stage: str) -> dict[str, Any]:
+    """A stage's full record: its provenance output (metrics/ holds only a rounded summary)."""
     folders = {"upscale": "upscaled", "tokenize": "tokens"}
     if stage.startswith("generate"):
-        paths = sorted((repo / "data/generated").glob("*/metrics.json"))
+        paths = sorted((repo / "data/generated").glob("*/provenance.json"))
     else:
-        paths = [repo / "data" / folders.get(stage, stage) / "metrics.json"]
+        paths = [repo / "data" / folders.get(stage, stage) / "provenance.json"]
     for path in paths:
         if path.is_file():
             return json.loads(path.read_text(encoding="utf-8"))

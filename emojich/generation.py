@@ -32,7 +32,6 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from emojich import distributed
 from emojich.device import resolve_device
@@ -42,6 +41,7 @@ from emojich.models.dalle import Dalle
 from emojich.models.rrdbnet import RRDBNet
 from emojich.models.standin import ORIGIN_KEY, combine, safetensors_origin
 from emojich.models.vqgan import VQGan
+from emojich.progress import progress_bar
 from emojich.sampling import generate
 from emojich.storage import (
     atomic_path,
@@ -335,7 +335,7 @@ def sample_cell(
     units = work_units(len(checks), attempts, batch_size)
     mine = units[distributed.rank() :: distributed.world_size()]
     shares = []
-    for prompt_index, first, last in tqdm(
+    for prompt_index, first, last in progress_bar(
         mine, disable=not progress or not distributed.is_main(), desc="sampling", unit="batch"
     ):
         sample = generate(
