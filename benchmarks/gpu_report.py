@@ -13,7 +13,8 @@ from pathlib import Path
 
 # The report's run: 2,749 images, 40 epochs, batch 2 (0.36 s/step, 5.5 h on one A100).
 REPORT_IMAGES, REPORT_EPOCHS = 2749, 40
-# Upper bounds of decode images/s for an H100 (issue 14), batch 1 / 16 / 64.
+# Memory-bandwidth ceilings of decode images/s on one H100 in the Malevich shape, batch 1 / 16 / 64:
+# what the measured figures are set against.
 H100_BOUND = {1: 1.27, 16: 11.7, 64: 19.9}
 
 
