@@ -191,16 +191,22 @@ def caption_loss(
     p(image | c'). A uniform prior rather than the model's own p(c): caption priors differ by
     many nats between short and long captions and would drown the image-text agreement this
     metric is for. Chance level is log(candidates); lower is better. Candidates are fixed by `seed`.
+
+    `floor` is the lowest loss any one temperature on the scores gives, fitted on these very
+    pairs: a bound, not a result. It separates the two ways the loss can be high. A model whose
+    loss is far above its floor ranks well but is over-confident (a sum over every image code
+    makes its scores differ by tens of nats); a floor near chance means the ranking itself
+    carries little, and no calibration would help.
     """
     distinct = sorted(set(pairs.captions))
     if len(distinct) < 2 or candidates < 2:
-        return {"loss": float("nan"), "top1": float("nan")}
+        return {"loss": float("nan"), "top1": float("nan"), "floor": float("nan")}
     candidates = min(candidates, len(distinct))
     first_row = {caption: pairs.captions.index(caption) for caption in distinct}
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
-    losses, hits = [], []
+    rows_scores = []
     for row in range(len(pairs)):
         own = pairs.captions[row]
         others = [c for c in distinct if c != own]
@@ -208,11 +214,22 @@ def caption_loss(
         rows = [row] + [first_row[others[i]] for i in picks]
         text = pairs.text[rows].to(device)
         codes = pairs.codes[row].expand(len(rows), -1).to(device)
-        scores = image_log_likelihood(model, text, codes)
-        losses.append(float(-(scores[0] - torch.logsumexp(scores, dim=0))))
-        hits.append(float(scores[0] > scores[1:].max()))
+        rows_scores.append(image_log_likelihood(model, text, codes).double().cpu())
     model.train(was_training)
-    return {"loss": sum(losses) / len(losses), "top1": sum(hits) / len(hits)}
+    scores = torch.stack(rows_scores)  # [pairs, candidates], own caption first
+    top1 = float((scores[:, 0] > scores[:, 1:].max(dim=1).values).double().mean())
+    floor = min(ranking_loss(scores / t) for t in FLOOR_TEMPERATURES)
+    return {"loss": ranking_loss(scores), "top1": top1, "floor": min(floor, math.log(candidates))}
+
+
+# Temperatures tried for the caption-loss floor: 1 to 1,000 in steps of 10^0.1; an infinite one
+# (every candidate equal) gives chance, log(candidates).
+FLOOR_TEMPERATURES = [10 ** (k / 10) for k in range(31)]
+
+
+def ranking_loss(scores: torch.Tensor) -> float:
+    """Mean cross-entropy of column 0 under a softmax over each row."""
+    return float(-(scores[:, 0] - torch.logsumexp(scores, dim=1)).mean())
 
 
 def chance_caption_loss(candidates: int) -> float:

@@ -281,13 +281,21 @@ def finetune(
     train_log = CsvLog(checkpoints / "plots" / "train.csv", ["step", "loss", "loss_text", "loss_image", "lr"])
     eval_log = CsvLog(
         checkpoints / "plots" / "eval.csv",
-        ["step", "val_loss", "val_loss_text", "val_loss_image", "caption_loss", "caption_top1"],
+        [
+            "step",
+            "val_loss",
+            "val_loss_text",
+            "val_loss_image",
+            "caption_loss",
+            "caption_loss_floor",
+            "caption_top1",
+        ],
     )
     _restore_logs(trainer.step, train_log, eval_log)
 
     def evaluate(step: int) -> dict[str, float]:
         losses = validation_loss(model, val, params.train.batch_size, device) if len(val) else {}
-        cap = {"loss": float("nan"), "top1": float("nan")}
+        cap = {"loss": float("nan"), "top1": float("nan"), "floor": float("nan")}
         if len(val):
             scored = val.spread(params.eval.caption_pairs)
             cap = caption_loss(model, scored, params.eval.caption_candidates, device, seed=params.eval.seed)
@@ -298,6 +306,7 @@ def finetune(
             "val_loss_image": losses.get("image", float("nan")),
             "caption_loss": cap["loss"],
             "caption_top1": cap["top1"],
+            "caption_loss_floor": cap["floor"],
         }
         eval_log.add(**row)
         save_png(
@@ -351,6 +360,7 @@ def finetune(
         "val_loss_text": final["val_loss_text"],
         "val_loss_image": final["val_loss_image"],
         "caption_loss": final["caption_loss"],
+        "caption_loss_floor": final["caption_loss_floor"],
         "caption_top1": final["caption_top1"],
         "caption_top1_chance": round(
             1.0 / min(params.eval.caption_candidates, max(len(set(val.captions)), 1)), 6
@@ -375,6 +385,7 @@ def summary(record: dict) -> dict:
             "val_loss_start",
             "val_loss",
             "caption_loss",
+            "caption_loss_floor",
             "caption_top1",
             "caption_top1_chance",
             "steps",

@@ -199,7 +199,9 @@ def segment(
         params.preset, config.encoder, len(train_set), len(val_set), len(generated),
     )  # fmt: skip
 
-    rounds_rows = [["round", "accepted", "accepted_new", "val_iou", "val_boundary_f", "fallback"]]
+    rounds_rows = [
+        ["round", "accepted", "accepted_new", "val_iou", "val_boundary_f", "val_confident", "fallback"]
+    ]
 
     def on_round(record: RoundRecord) -> None:
         log.info("round %d: %s", record.round, record)
@@ -210,6 +212,7 @@ def segment(
                 record.accepted_new,
                 f"{record.val_iou:.6f}",
                 f"{record.val_boundary_f:.6f}",
+                f"{record.val_confident:.6f}",
                 record.fallback,
             ]
         )
@@ -246,6 +249,9 @@ def segment(
         "val_images": len(val_set),
         "val_iou": _finite(final.val_iou),
         "val_boundary_f": _finite(final.val_boundary_f),
+        # Real emoji at or above the threshold: how often a well-segmented image can be accepted
+        # at this input size, beside how many generated ones were.
+        "val_confident": _finite(final.val_confident),
         "contour_val_iou": _finite(contour_val["iou"]),
         "contour_val_boundary_f": _finite(contour_val["boundary_f"]),
         "generated_images": len(paths),
@@ -259,7 +265,7 @@ def segment(
 
 def summary(record: dict) -> dict:
     """The numbers a person compares between runs (the rest stays in provenance.json)."""
-    return {**pick(record, ("val_iou", "contour_val_iou", "rounds")), **record["methods"]}
+    return {**pick(record, ("val_iou", "val_confident", "contour_val_iou", "rounds")), **record["methods"]}
 
 
 def _generated_origin(image: Path) -> str:

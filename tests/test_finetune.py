@@ -10,7 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from emojich.finetune import build_pairs, caption_loss, freeze_for_finetune, limit_per_caption, pair_loss
+from emojich.finetune import (
+    FLOOR_TEMPERATURES,
+    build_pairs,
+    caption_loss,
+    freeze_for_finetune,
+    limit_per_caption,
+    pair_loss,
+    ranking_loss,
+)
 from emojich.layout import IMAGES_DIR, RGB_KIND, UPSCALED_PREFIX
 from emojich.models.checkpoints import CheckpointError
 from emojich.models.dalle import Dalle, DalleConfig
@@ -120,6 +128,20 @@ def test_caption_loss_is_a_cross_entropy_over_candidates():
     scored = caption_loss(model, pairs, candidates=4, device=torch.device("cpu"))
     assert 0 < scored["loss"] < 20
     assert 0.0 <= scored["top1"] <= 1.0
+    assert 0 < scored["floor"] <= min(scored["loss"], math.log(4)) + 1e-9
+
+
+def test_caption_loss_floor_is_the_best_temperature_on_the_scores():
+    """Over-confident but well-ranked scores have a high loss and a low floor; scores that rank
+    nothing have a floor at chance however confident they are."""
+    # Three images rank their own caption first by 40 nats, one second by 50 nats: the loss pays
+    # all 50 on that one, a higher temperature does not.
+    good = torch.tensor([[0.0, -40.0, -40.0, -40.0]] * 3 + [[-50.0, 0.0, -60.0, -60.0]], dtype=torch.float64)
+    assert ranking_loss(good) == pytest.approx(12.5, abs=1e-6)
+    floor = min(ranking_loss(good / t) for t in FLOOR_TEMPERATURES)
+    assert floor < 0.7 * math.log(4)
+    flat = torch.tensor([[0.0, 30.0, -30.0, 0.0], [0.0, -30.0, 30.0, 0.0]], dtype=torch.float64)
+    assert min(ranking_loss(flat / t) for t in FLOOR_TEMPERATURES) > 0.95 * math.log(4)
 
 
 def test_spread_takes_one_pair_per_caption_evenly():

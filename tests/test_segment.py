@@ -16,6 +16,7 @@ from emojich.segment.pseudolabel import (
     PseudoLabelConfig,
     RoundRecord,
     SegmentationSet,
+    evaluate,
     label_round,
     run_pseudolabel,
     should_stop,
@@ -137,6 +138,18 @@ def test_rounds_stop_when_validation_plateaus():
     assert result.history[0].accepted_new == 1 and result.history[0].fallback == 1
     assert result.accepted_round.tolist() == [0, -1]
     assert set(result.alphas) == {0}
+    # Validation holds two images of grey level 0 (confidence 0.995): both reach the threshold.
+    assert result.history[0].val_confident == 1.0
+
+
+def test_evaluate_reports_the_share_of_validation_images_reaching_the_threshold():
+    confidences = [0.98, 0.9899, 0.9901, 0.999]
+    model = PresetLogits([_margin(c) for c in confidences])
+    images = np.stack([np.full((16, 16, 3), i, np.uint8) for i in range(4)])
+    val = SegmentationSet(images, np.ones((4, 16, 16), bool))
+    assert evaluate(model, val, size=16, threshold=0.99)["confident"] == 0.5
+    assert evaluate(model, val, size=16, threshold=0.95)["confident"] == 1.0
+    assert evaluate(model, val, size=16, threshold=0.9995)["confident"] == 0.0
 
 
 def test_published_b5_loader_is_strict(tmp_path):
@@ -234,6 +247,9 @@ def test_segment_and_stickers_stages_end_to_end(tmp_path, monkeypatch, caplog, t
     assert (out / "unet.safetensors").is_file()
     rounds = list(csv.DictReader((out / "rounds.csv").read_text(encoding="utf-8").splitlines()))
     assert [r["round"] for r in rounds] == (["0", "1"] if method == "contour" else ["0"])
+    assert all(0 <= float(r["val_confident"]) <= 1 for r in rounds)
+    assert metrics["val_confident"] == pytest.approx(float(rounds[-1]["val_confident"]), abs=1e-6)
+    assert "val_confident" in compact
     labels = list(csv.DictReader((out / "labels.csv").read_text(encoding="utf-8").splitlines()))
     assert [row["mask"] for row in labels] == [
         "cell0/kept/img0.png",

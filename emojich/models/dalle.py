@@ -119,9 +119,10 @@ class DalleConfig:
         presets: dict[str, dict[str, Any]] = {
             "malevich": dict(xl, format="v3", loss_img_weight=7),
             "emojich": dict(xl, format="v2", loss_img_weight=1000),
-            # Trains from scratch in minutes on 2 CPU cores: BPE 1024 + 24 pads, 8 x 8 codes of a
-            # 512-entry codebook. v2 so every image token, the first included, is trained over
-            # the image vocabulary (v3's loss scores the first one against the text logits).
+            # Trains from scratch in minutes on 2 CPU cores: BPE 1024 + 24 pads, 8 x 8 codes (the
+            # vocabulary and grid follow the tokenizers trained upstream: 1,024 codes in the demo).
+            # v2 so every image token, the first included, is trained over the image vocabulary
+            # (v3's loss scores the first one against the text logits).
             "demo": dict(
                 num_layers=4,
                 hidden_size=256,
@@ -132,7 +133,7 @@ class DalleConfig:
                 image_vocab_size=512,
                 format="v2",
                 loss_img_weight=7,
-                # Ten epochs over ~3,600 pairs: the demo must learn its emoji, not regularise
+                # 30 epochs over ~1,800 pairs: the demo must learn its emoji, not regularise
                 # away from them, so no dropout (the release's 0.1 suits 1.3B on millions).
                 attention_dropout=0.0,
                 output_dropout=0.0,

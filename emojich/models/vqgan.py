@@ -110,6 +110,12 @@ class VQGanConfig:
             raise ValueError(f"unknown VQGAN preset {name!r}; known: {', '.join(_PRESETS)}") from None
 
 
+# The published layout (four levels, two blocks each, attention at the 1/8 grid, so every
+# published key name) at tiny widths: `emojich standin-weights --size tiny`, for CI.
+_SBER_TINY = VQGanConfig(
+    resolution=32, ch=8, attn_resolutions=(4,), z_channels=8, codebook_size=64, embed_dim=8, norm_groups=4
+)
+
 _PRESETS: dict[str, VQGanConfig] = {
     "sber": VQGanConfig(),
     "sber-dwt": VQGanConfig(dwt=True),
@@ -131,21 +137,8 @@ _PRESETS: dict[str, VQGanConfig] = {
         norm_groups=8,
         quantizer="ema",
     ),
-    # The published layout (four levels, two blocks each, attention at the 1/8 grid, so every
-    # published key name) at tiny widths: `emojich standin-weights --size tiny`, for CI.
-    "sber-tiny": VQGanConfig(
-        resolution=32, ch=8, attn_resolutions=(4,), z_channels=8, codebook_size=64, embed_dim=8, norm_groups=4
-    ),
-    "sber-dwt-tiny": VQGanConfig(
-        resolution=32,
-        ch=8,
-        attn_resolutions=(4,),
-        z_channels=8,
-        codebook_size=64,
-        embed_dim=8,
-        norm_groups=4,
-        dwt=True,
-    ),
+    "sber-tiny": _SBER_TINY,
+    "sber-dwt-tiny": dataclasses.replace(_SBER_TINY, dwt=True),
     "tiny": VQGanConfig(
         resolution=16,
         ch=8,
