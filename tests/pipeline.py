@@ -46,6 +46,14 @@ def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
     return run([str(Path(sys.executable).parent / "dvc"), *args], cwd=cwd, check=check)
 
 
+def assert_repro_is_a_no_op(path: Path) -> None:
+    """A second `dvc repro` runs no stage and leaves dvc.lock as it was."""
+    lock = (path / "dvc.lock").read_text()
+    again = dvc("repro", cwd=path)
+    assert "Running stage" not in again.stdout, again.stdout
+    assert (path / "dvc.lock").read_text() == lock
+
+
 def make_pipeline_repo(dest: Path, overrides: dict[str, Any], base: str = "params.yaml") -> Path:
     """Copy the pipeline into `dest`, apply `overrides` to `base` (a params file, e.g. a profile)
     as its params.yaml, init git and DVC, commit."""

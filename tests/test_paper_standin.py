@@ -17,7 +17,7 @@ from emojich.models.dalle import DalleConfig
 from emojich.models.vqgan import VQGanConfig
 from emojich.training import TrainConfig, build_optimizer, build_scheduler
 from tests.paper_profile import PROFILE, paper_overrides
-from tests.pipeline import dvc, make_pipeline_repo, run
+from tests.pipeline import assert_repro_is_a_no_op, dvc, make_pipeline_repo, run
 
 PROMPTS = "prompts/paper-smoke.txt"
 
@@ -178,10 +178,7 @@ def test_every_stage_with_weights_says_standin(paper_run):
 @pytest.mark.slow
 def test_second_repro_is_a_no_op(paper_run):
     path, _ = paper_run
-    lock = (path / "dvc.lock").read_text()
-    again = dvc("repro", cwd=path)
-    assert "Running stage" not in again.stdout, again.stdout
-    assert (path / "dvc.lock").read_text() == lock
+    assert_repro_is_a_no_op(path)
 
 
 @pytest.mark.slow
