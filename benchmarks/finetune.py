@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from emojich.finetune import freeze_for_finetune
 from emojich.models.dalle import Dalle, DalleConfig
-from emojich.training import TrainConfig, Trainer
+from emojich.train.finetune import freeze_for_finetune
+from emojich.train.loop import TrainConfig, Trainer
 
 
 def run_one(args: argparse.Namespace, optimizer: str, queue: multiprocessing.Queue) -> None:

@@ -4,7 +4,7 @@
 2. reference  - the released scheme: key/value cache grown by concatenation, embeddings and
                 layer norms recomputed over the whole sequence, logits for every position,
                 at every step;
-3. ours       - `emojich.sampling.generate` (static cache, one-token decode, sparse key reads,
+3. ours       - `emojich.generate.sampling.generate` (static cache, one-token decode, sparse key reads,
                 image-vocabulary logits of the last position only).
 
 Our decoder is timed end to end over whole images. The other two get slower as the sequence
@@ -27,8 +27,8 @@ from collections.abc import Callable
 
 import torch
 
+from emojich.generate.sampling import filter_logits, generate, key_segments
 from emojich.models.dalle import Dalle, DalleConfig, masked_attention
-from emojich.sampling import filter_logits, generate, key_segments
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

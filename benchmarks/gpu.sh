@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU figures for the README's performance section, as one prepared run:
-#   1. decode (emojich.sampling) with random weights in the Malevich shape, bf16, batch 1 / 16 / 64:
+#   1. decode (emojich.generate.sampling) with random weights in the Malevich shape, bf16, batch 1 / 16 / 64:
 #      ms per step, images/s and GB/s against the device's peak bandwidth;
 #   2. one fine-tuning step with the report's recipe (attention and feed-forward frozen, 8-bit
 #      Adam, bf16) at batch 2 and at the largest batch that fits: s/step, peak memory, and the

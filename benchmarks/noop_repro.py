@@ -4,7 +4,7 @@ Two throw-away DVC projects with the shape of scrape → prepare → upscale hol
 
 - `per-file`: one PNG-sized file per image in six folders (raw/images, prepared/{rgb,rgba,mask},
   upscaled/{images,masks}), the layout the stages used to write;
-- `shards`: the same bytes as `emojich.shards` tar shards, one folder per stage.
+- `shards`: the same bytes as `emojich.foundation.shards` tar shards, one folder per stage.
 
 Each is reproduced once, then a no-op `dvc repro` is timed in both, interleaved repeat by repeat
 so that machine load affects them alike. The JSON gives the median seconds and the ratio.
@@ -44,7 +44,7 @@ WRITER = textwrap.dedent(
     """
     import random, sys
     from pathlib import Path
-    from emojich.shards import write_shards
+    from emojich.foundation.shards import write_shards
 
     layout, count, stage, folders = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
     rng = random.Random(stage)

@@ -27,8 +27,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from emojich.models import standin  # noqa: E402
-from emojich.storage import write_json_atomic  # noqa: E402
+from emojich import standins  # noqa: E402
+from emojich.foundation.storage import write_json_atomic  # noqa: E402
 from tests.paper_profile import PROFILE, paper_overrides  # noqa: E402
 from tests.pipeline import make_pipeline_repo, pipeline_env, run  # noqa: E402
 
@@ -83,8 +83,8 @@ def decode_benchmark(weights: Path, preset: str, batch: int, steps: int) -> dict
 
     import torch
 
+    from emojich.generate.sampling import IncrementalDecoder
     from emojich.models.dalle import Dalle, DalleConfig
-    from emojich.sampling import IncrementalDecoder
 
     model = Dalle(DalleConfig.preset(preset)).load_published(weights).to(torch.bfloat16).eval()
     decoder = IncrementalDecoder(model, batch)
@@ -207,7 +207,7 @@ class DryRun:
             return False
         # Measured before the pipeline, on the stand-in itself: decoding speed does not depend on
         # the fine-tuned values, and the number then exists even if a later stage stops the run.
-        dalle = [str(self.weights / standin.DALLE_FILE), standin.PRESETS[self.size]["dalle"]]
+        dalle = [str(self.weights / standins.DALLE_FILE), standins.PRESETS[self.size]["dalle"]]
         if not self.step("decode-benchmark", [self.python, __file__, "--decode", *dalle], ROOT):
             return False
         self.report["decode"] = json.loads(tail(self.logs / "decode-benchmark.log", 1)[0])
@@ -249,7 +249,7 @@ class DryRun:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work", nargs="?", default="/tmp/emojich-paper-dry-run", type=Path)
-    parser.add_argument("--size", choices=standin.SIZES, default="full")
+    parser.add_argument("--size", choices=standins.SIZES, default="full")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     work: Path = args.work.resolve()

@@ -39,8 +39,8 @@ from PIL import Image
 # Run as a script (`python benchmarks/segment_memory.py`): the repository root holds `stages`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emojich.layout import IMAGES_DIR, MASK_KIND, RGB_KIND, UPSCALED_PREFIX
-from emojich.shards import write_shards
+from emojich.foundation.layout import IMAGES_DIR, MASK_KIND, RGB_KIND, UPSCALED_PREFIX
+from emojich.foundation.shards import write_shards
 
 
 def _png(array: np.ndarray) -> bytes:

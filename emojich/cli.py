@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from emojich import __version__
-from emojich.input_checks import (
+from emojich.foundation.input_checks import (
     InputError,
     check_count,
     check_image_file,
@@ -20,7 +20,7 @@ from emojich.input_checks import (
 )
 
 if TYPE_CHECKING:
-    from emojich.shards import ShardReader
+    from emojich.foundation.shards import ShardReader
 
 # `-n` above this is almost certainly a typo: sampling is ~0.25-1.5 s per image, so the bound is
 # already minutes per prompt, and memory grows with it (1e9 asked for 512 GB).
@@ -109,8 +109,8 @@ def _add_extract_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_extract(args: argparse.Namespace) -> int:
-    from emojich.shards import ShardError, ShardReader, shard_paths
-    from emojich.storage import write_bytes_atomic
+    from emojich.foundation.shards import ShardError, ShardReader, shard_paths
+    from emojich.foundation.storage import write_bytes_atomic
 
     check_input_folder(args.folder, "FOLDER")
     if not shard_paths(args.folder):
@@ -132,7 +132,7 @@ def _run_extract(args: argparse.Namespace) -> int:
 
 def _member_kind(shards: ShardReader, key: str, kind: str | None) -> str:
     """The kind to extract: the one asked for, or the only one the image has."""
-    from emojich.shards import ShardError
+    from emojich.foundation.shards import ShardError
 
     kinds = shards.kinds(key)
     if not kinds:
@@ -172,8 +172,9 @@ def _add_lineage_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_lineage(args: argparse.Namespace) -> int:
-    from emojich.lineage import render_text, trace
-    from emojich.storage import dumps_json
+    from emojich.foundation.storage import dumps_json
+    from emojich.lineage.render import render_text
+    from emojich.lineage.trace import trace
 
     try:
         result = trace(args.path, args.root, verify_items=not args.no_items)
@@ -237,7 +238,7 @@ def _run_sticker(args: argparse.Namespace) -> int:
     from safetensors import SafetensorError
 
     from emojich.models.checkpoints import CheckpointError
-    from emojich.stickers import sticker_from_file
+    from emojich.segment.stickers import sticker_from_file
 
     check_image_file(args.source, "IN")
     check_output_file(args.dest, "OUT", suffixes=(".webp", ".png"))
@@ -422,7 +423,7 @@ def _check_device(name: str) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from emojich.generation import generate_command
+    from emojich.generate.run import generate_command
 
     _check_generate(args)
     return generate_command(args)
@@ -461,7 +462,7 @@ def _run_standin(args: argparse.Namespace) -> int:
     if args.seed < 0:
         print(f"emojich standin-weights: --seed must be >= 0, got {args.seed}", file=sys.stderr)
         return 2
-    from emojich.models.standin import main as write_standins
+    from emojich.standins import main as write_standins
 
     try:
         return write_standins(str(folder), args.size, args.seed)

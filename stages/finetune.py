@@ -15,7 +15,7 @@ code are unchanged (the key); the finished plots and sheets are then copied into
 they are the same bytes whether or not the run was interrupted.
 
 With `nproc_per_node` > 1 the stage starts itself again under `torchrun` and trains with DDP
-(`emojich.training.Trainer`): the same global batch, schedule and freezing as one process, and
+(`emojich.train.loop.Trainer`): the same global batch, schedule and freezing as one process, and
 only rank 0 evaluates and writes. The process count is not part of the resume key, so a run
 killed on 4 processes may resume on 1.
 """
@@ -34,12 +34,23 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-import emojich.finetune
 import emojich.models.dalle
-import emojich.training
-from emojich import distributed
-from emojich.device import resolve_device
-from emojich.finetune import (
+import emojich.train.finetune
+import emojich.train.loop
+from emojich.foundation import distributed
+from emojich.foundation.device import resolve_device
+from emojich.foundation.imageset import image_grid, save_png, to_uint8
+from emojich.foundation.logs import setup_logging
+from emojich.foundation.params import from_dict, load_section
+from emojich.foundation.progress import progress_bar
+from emojich.foundation.records import METRICS_DIR, PROVENANCE_FILE, pick, write_records
+from emojich.foundation.storage import sha256_file, write_bytes_atomic, write_csv_atomic, write_text_atomic
+from emojich.generate.sampling import generate
+from emojich.models.dalle import Dalle, DalleConfig
+from emojich.models.origin import ORIGIN_KEY, combine, file_origin, safetensors_origin
+from emojich.models.vqgan import VQGan
+from emojich.text.bpe import TextTokenizer
+from emojich.train.finetune import (
     PairSet,
     build_pairs,
     caption_loss,
@@ -49,18 +60,7 @@ from emojich.finetune import (
     pair_loss,
     validation_loss,
 )
-from emojich.imageset import image_grid, save_png, to_uint8
-from emojich.logs import setup_logging
-from emojich.models.dalle import Dalle, DalleConfig
-from emojich.models.standin import ORIGIN_KEY, combine, file_origin, safetensors_origin
-from emojich.models.vqgan import VQGan
-from emojich.params import from_dict, load_section
-from emojich.progress import progress_bar
-from emojich.records import METRICS_DIR, PROVENANCE_FILE, pick, write_records
-from emojich.sampling import generate
-from emojich.storage import sha256_file, write_bytes_atomic, write_csv_atomic, write_text_atomic
-from emojich.tokenizer import TextTokenizer
-from emojich.training import StepLog, TrainConfig, Trainer
+from emojich.train.loop import StepLog, TrainConfig, Trainer
 
 TOKENS = Path("data/tokens")
 OUT = Path("data/finetune")
@@ -157,7 +157,7 @@ def read_split(tokens: Path) -> tuple[list[dict[str, str]], torch.Tensor]:
 
 
 # The code that decides what a training step computes: a checkpoint made by other code is not resumed.
-TRAINING_CODE = (emojich.finetune, emojich.training, emojich.models.dalle)
+TRAINING_CODE = (emojich.train.finetune, emojich.train.loop, emojich.models.dalle)
 
 
 def run_key(params: FinetuneParams, tokens: Path) -> str:

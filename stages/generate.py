@@ -28,19 +28,17 @@ from pathlib import Path
 
 import torch
 
-from emojich import distributed
-from emojich.device import resolve_device
 from emojich.fidelity.retrieval import load_reference
-from emojich.generation import (
-    SamplingCell,
-    load_models,
-    read_prompts,
-    write_cell,
-)
-from emojich.logs import setup_logging
-from emojich.params import from_dict, load_section
-from emojich.records import METRICS_DIR, PROVENANCE_FILE, pick
-from emojich.storage import write_json_atomic
+from emojich.foundation import distributed
+from emojich.foundation.device import resolve_device
+from emojich.foundation.logs import setup_logging
+from emojich.foundation.params import from_dict, load_section
+from emojich.foundation.records import METRICS_DIR, PROVENANCE_FILE, pick
+from emojich.foundation.storage import write_json_atomic
+from emojich.generate.cell import SamplingCell
+from emojich.generate.loading import load_models
+from emojich.generate.prompts import read_prompts
+from emojich.generate.run import write_cell
 
 log = logging.getLogger("stages.generate")
 

@@ -3,11 +3,11 @@
 Reads `data/raw/captions.csv` and the raw shards (`data/raw/images/`, member `<id>.png`, looked
 up by the row's id); writes under `data/prepared/`:
 
-- `images/prepared-NNNNN.tar`: shards (see `emojich.shards`) with members `<id>.rgb.png`,
+- `images/prepared-NNNNN.tar`: shards (see `emojich.foundation.shards`) with members `<id>.rgb.png`,
   `<id>.rgba.png` and `<id>.mask.png` for every accepted image, in id order;
 - `manifest.csv` (one row per accepted image, with the sha256 of each member), `rejects.csv`,
   `provenance.json` (counts per split, reason and size, the thresholds in force);
-- `metrics/prepare.json`: the few counts a person compares (see `emojich.records`).
+- `metrics/prepare.json`: the few counts a person compares (see `emojich.foundation.records`).
 
 An image that cannot be used is skipped with a reason (counted in the metrics), never a crash.
 """
@@ -32,12 +32,12 @@ from emojich.data.images import (
     write_prepared_manifest,
 )
 from emojich.data.split import SPLITS, split_captions, split_of
-from emojich.layout import IMAGES_DIR, MASK_KIND, PREPARED_PREFIX, RAW_KIND, RGB_KIND, RGBA_KIND
-from emojich.params import from_dict, load_section
-from emojich.progress import progress_bar
-from emojich.records import METRICS_DIR, PROVENANCE_FILE, pick, write_records
-from emojich.shards import ShardReader, ShardWriter
-from emojich.storage import dumps_csv, sha256_bytes, write_text_atomic
+from emojich.foundation.layout import IMAGES_DIR, MASK_KIND, PREPARED_PREFIX, RAW_KIND, RGB_KIND, RGBA_KIND
+from emojich.foundation.params import from_dict, load_section
+from emojich.foundation.progress import progress_bar
+from emojich.foundation.records import METRICS_DIR, PROVENANCE_FILE, pick, write_records
+from emojich.foundation.shards import ShardReader, ShardWriter
+from emojich.foundation.storage import dumps_csv, sha256_bytes, write_text_atomic
 
 RAW_DIR = Path("data/raw")
 OUT_DIR = Path("data/prepared")

@@ -2,7 +2,7 @@
 
 Output:
 
-- `images/raw-00000.tar`, `raw-00001.tar`, ...: tar shards (see `emojich.shards`) holding one
+- `images/raw-00000.tar`, `raw-00001.tar`, ...: tar shards (see `emojich.foundation.shards`) holding one
   member `<id>.png` per image, bytes as served (web) or as rendered (offline), ids in order;
   the offline builder also keeps `images/.offline_manifest.json` to reuse unchanged images;
 - `captions.csv`: one row per image, its `image_path` naming the shard member relative to
@@ -33,10 +33,10 @@ from emojich.data.catalogue import (
     catalogue_stats,
     write_catalogue,
 )
-from emojich.logs import setup_logging
-from emojich.params import from_dict, load_section
-from emojich.records import METRICS_DIR, pick, write_records
-from emojich.storage import remove_stale_temporaries
+from emojich.foundation.logs import setup_logging
+from emojich.foundation.params import from_dict, load_section
+from emojich.foundation.records import METRICS_DIR, pick, write_records
+from emojich.foundation.storage import remove_stale_temporaries
 
 RAW_DIR = Path("data/raw")
 # Resume state of the web crawl, outside every output: a `persist` output would keep the stage

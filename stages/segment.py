@@ -30,11 +30,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from emojich.layout import IMAGES_DIR, MASK_KIND, RGB_KIND
-from emojich.logs import setup_logging
-from emojich.models.standin import ORIGIN_KEY, SELFTRAINED, combine, file_origin
-from emojich.params import from_dict, load_section
-from emojich.records import METRICS_DIR, PROVENANCE_FILE, pick, write_records
+from emojich.foundation.layout import IMAGES_DIR, MASK_KIND, RGB_KIND
+from emojich.foundation.logs import setup_logging
+from emojich.foundation.params import from_dict, load_section
+from emojich.foundation.records import METRICS_DIR, PROVENANCE_FILE, pick, write_records
+from emojich.foundation.shards import ShardReader
+from emojich.foundation.storage import remove_stale_temporaries, write_bytes_atomic, write_csv_atomic
+from emojich.models.origin import ORIGIN_KEY, SELFTRAINED, combine, file_origin
 from emojich.segment.contour import ContourConfig, contour_alpha
 from emojich.segment.metrics import mask_scores
 from emojich.segment.pseudolabel import (
@@ -48,12 +50,6 @@ from emojich.segment.pseudolabel import (
 )
 from emojich.segment.stream import ShardStream, StreamConfig
 from emojich.segment.unet import build_unet, load_unet, preset, save_unet
-from emojich.shards import ShardReader
-from emojich.storage import (
-    remove_stale_temporaries,
-    write_bytes_atomic,
-    write_csv_atomic,
-)
 
 UPSCALED_DIR = Path("data/upscaled")
 OUT_DIR = Path("data/segment")
@@ -147,7 +143,7 @@ def find_generated(pattern: str) -> list[Path]:
 def grid_cells(grid: Mapping[str, Sequence[object]]) -> list[str]:
     """Folder names of the cells dvc.yaml's `matrix` expands `generate.grid` into
     (`k${item.top_k}-p${item.top_p}-t${item.temperature}-s${item.seed}`)."""
-    from emojich.generation import SamplingCell
+    from emojich.generate.cell import SamplingCell
 
     product = itertools.product(grid["top_k"], grid["top_p"], grid["temperature"], grid["seed"])
     return [SamplingCell(k, p, t, s).name for k, p, t, s in product]  # type: ignore[arg-type]

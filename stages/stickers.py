@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from emojich.logs import setup_logging
-from emojich.models.standin import ORIGIN_KEY, SELFTRAINED, combine
-from emojich.params import from_dict, load_section
-from emojich.records import METRICS_DIR, PROVENANCE_FILE, write_records
-from emojich.stickers import (
+from emojich.foundation.logs import setup_logging
+from emojich.foundation.params import from_dict, load_section
+from emojich.foundation.records import METRICS_DIR, PROVENANCE_FILE, write_records
+from emojich.foundation.storage import sha256_file, write_json_atomic
+from emojich.models.origin import ORIGIN_KEY, SELFTRAINED, combine
+from emojich.segment.stickers import (
     MAX_STICKER_BYTES,
     STICKER_SIDE,
     PackEntry,
@@ -38,7 +39,6 @@ from emojich.stickers import (
     write_pack,
     write_sticker,
 )
-from emojich.storage import sha256_file, write_json_atomic
 
 SEGMENT_DIR = Path("data/segment")
 OUT_DIR = Path("data/stickers")

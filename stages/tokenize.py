@@ -20,10 +20,14 @@ from safetensors.torch import save_file
 
 from emojich.fidelity.colour import block_delta_e
 from emojich.fidelity.retrieval import THUMBNAILS_FILE, thumbnails
-from emojich.imageset import image_grid, load_images, save_png
-from emojich.layout import IMAGES_DIR, RGB_KIND
-from emojich.logs import setup_logging
-from emojich.models.standin import ORIGIN_KEY, combine, file_origin
+from emojich.foundation.imageset import image_grid, load_images, save_png
+from emojich.foundation.layout import IMAGES_DIR, RGB_KIND
+from emojich.foundation.logs import setup_logging
+from emojich.foundation.params import from_dict, load_section
+from emojich.foundation.records import METRICS_DIR, PROVENANCE_FILE, pick, write_records
+from emojich.foundation.shards import ShardReader
+from emojich.foundation.storage import atomic_path, sha256_file, write_csv_atomic
+from emojich.models.origin import ORIGIN_KEY, combine, file_origin
 from emojich.models.vqgan import (
     VQGan,
     VQGanConfig,
@@ -33,11 +37,7 @@ from emojich.models.vqgan import (
     reconstruct,
     train_vqgan,
 )
-from emojich.params import from_dict, load_section
-from emojich.records import METRICS_DIR, PROVENANCE_FILE, pick, write_records
-from emojich.shards import ShardReader
-from emojich.storage import atomic_path, sha256_file, write_csv_atomic
-from emojich.tokenizer import TextTokenizer
+from emojich.text.bpe import TextTokenizer
 
 UPSCALED = Path("data/upscaled")
 OUT = Path("data/tokens")

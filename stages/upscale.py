@@ -3,7 +3,7 @@
 Reads `data/prepared/manifest.csv` and the `<id>.rgb.png` and `<id>.mask.png` members of the
 prepared shards (`data/prepared/images/`); writes under `data/upscaled/`:
 
-- `images/upscaled-NNNNN.tar`: shards (see `emojich.shards`) with members `<id>.rgb.png` (RGB,
+- `images/upscaled-NNNNN.tar`: shards (see `emojich.foundation.shards`) with members `<id>.rgb.png` (RGB,
   target x target) and `<id>.mask.png` (the prepared mask, nearest-neighbour), in id order;
 - `manifest.csv` (one row per image, with the sha256 of each member), `rrdbnet.safetensors` (the
   model used, for later stages) and `provenance.json` (the variant, its training, every count);
@@ -29,23 +29,16 @@ from PIL import Image
 
 from emojich.data.images import PreparedRow, decode_png_array, encode_png, read_prepared_manifest
 from emojich.data.split import TRAIN, VALIDATION
-from emojich.layout import IMAGES_DIR, MASK_KIND, RGB_KIND, UPSCALED_PREFIX
+from emojich.foundation.layout import IMAGES_DIR, MASK_KIND, RGB_KIND, UPSCALED_PREFIX
+from emojich.foundation.params import from_dict, load_section
+from emojich.foundation.progress import progress_bar
+from emojich.foundation.records import METRICS_DIR, PROVENANCE_FILE, rounded, write_records
+from emojich.foundation.shards import ShardReader, ShardWriter
+from emojich.foundation.storage import sha256_bytes, write_csv_atomic
+from emojich.models.origin import ORIGIN_KEY, file_origin
 from emojich.models.rrdbnet import RRDBNet, preset
-from emojich.models.standin import ORIGIN_KEY, file_origin
-from emojich.params import from_dict, load_section
-from emojich.progress import progress_bar
-from emojich.records import METRICS_DIR, PROVENANCE_FILE, rounded, write_records
-from emojich.shards import ShardReader, ShardWriter
-from emojich.storage import sha256_bytes, write_csv_atomic
-from emojich.upscale import (
-    TrainConfig,
-    evaluate_sr,
-    needs_super_resolution,
-    pad_to_square,
-    resize_square,
-    train_rrdbnet,
-    upscale_to,
-)
+from emojich.upscale.selftrain import TrainConfig, evaluate_sr, train_rrdbnet
+from emojich.upscale.superres import needs_super_resolution, pad_to_square, resize_square, upscale_to
 
 PREPARED_DIR = Path("data/prepared")
 OUT_DIR = Path("data/upscaled")

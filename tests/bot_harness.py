@@ -27,7 +27,7 @@ from emojich.bot.app import BotRun, run_bot, setup_logging
 from emojich.bot.config import BotConfig, BotParams, ModelPaths
 from emojich.bot.services import Services
 from emojich.bot.worker import GenerationRequest, GenerationResult, ModelInfo, StickerCutter
-from emojich.storage import sha256_bytes, write_bytes_atomic, write_json_atomic
+from emojich.foundation.storage import sha256_bytes, write_bytes_atomic, write_json_atomic
 
 TOKEN = "123456789:TEST-token-never-logged_abcdefghij"
 FAKE_CHECKPOINT_SHA = "f" * 64

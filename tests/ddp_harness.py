@@ -1,7 +1,7 @@
 """Starting real torch.distributed process groups (gloo, CPU) for tests.
 
 Workers are spawned processes that join through the same env:// variables torchrun sets, so
-they go through `emojich.distributed.init_from_env` exactly as a torchrun-started stage does.
+they go through `emojich.foundation.distributed.init_from_env` exactly as a torchrun-started stage does.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from emojich import distributed
+from emojich.foundation import distributed
 
 
 def free_port() -> int:

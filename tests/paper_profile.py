@@ -14,13 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from emojich.models import standin
+from emojich import standins
 
 PROFILE = "profiles/paper.yaml"
 
 
 def paper_overrides(weights: Path, size: str, prompts: str = "prompts/appendix.txt") -> dict[str, Any]:
-    presets = standin.PRESETS[size]
+    presets = standins.PRESETS[size]
     tiny = size == "tiny"
     return {
         "scrape": {
@@ -29,19 +29,19 @@ def paper_overrides(weights: Path, size: str, prompts: str = "prompts/appendix.t
         },
         "prepare": {"val_fraction": 0.25, "workers": 0},
         "upscale": {
-            "weights": str(weights / standin.REALESRGAN_FILE),
+            "weights": str(weights / standins.REALESRGAN_FILE),
             "batch_size": 16 if tiny else 4,
             "eval_images": 4,
             "threads": 1,
             "device": "cpu",
         },
         "tokenize": {
-            "image": {"preset": presets["vqgan"], "weights": str(weights / standin.VQGAN_DWT_FILE)},
-            "text": {"bpe_model": str(weights / standin.BPE_FILE)},
+            "image": {"preset": presets["vqgan"], "weights": str(weights / standins.VQGAN_DWT_FILE)},
+            "text": {"bpe_model": str(weights / standins.BPE_FILE)},
             "grid_images": 4,
         },
         "finetune": {
-            "model": {"preset": presets["dalle"], "weights": str(weights / standin.DALLE_FILE)},
+            "model": {"preset": presets["dalle"], "weights": str(weights / standins.DALLE_FILE)},
             "device": "cpu",
             # Full size trains batch 1: batch 2 of 1,152 tokens at 1.3B keeps ~15 GB of activations
             # in fp32, more than a shared 23 GB machine has to spare.
@@ -69,7 +69,7 @@ def paper_overrides(weights: Path, size: str, prompts: str = "prompts/appendix.t
         },
         "segment": {
             "preset": presets["unet"],
-            "init_weights": str(weights / standin.UNET_FILE),
+            "init_weights": str(weights / standins.UNET_FILE),
             "max_train_images": 4,
             "pseudolabel": {
                 "max_rounds": 1,

@@ -14,9 +14,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from emojich.data.catalogue import CatalogueRow, write_catalogue
-from emojich.layout import IMAGES_DIR, RAW_KIND, RAW_PREFIX
-from emojich.shards import DEFAULT_MAX_ITEMS, member_ref, write_shards
-from emojich.storage import sha256_bytes
+from emojich.foundation.layout import IMAGES_DIR, RAW_KIND, RAW_PREFIX
+from emojich.foundation.shards import DEFAULT_MAX_ITEMS, member_ref, write_shards
+from emojich.foundation.storage import sha256_bytes
 
 CAPTIONS = ["улыбающееся лицо", "кот", "красное сердце", "ракета", "пицца", "ёлка", "огонь", "луна"]
 

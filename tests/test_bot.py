@@ -13,7 +13,7 @@ from PIL import Image
 
 from emojich.bot import texts
 from emojich.bot.rules import set_name_problems
-from emojich.storage import sha256_file
+from emojich.foundation.storage import sha256_file
 from tests.bot_harness import FAKE_CHECKPOINT_SHA, TOKEN, BotThread, fake_run, make_config
 from tests.fake_telegram import FakeTelegram
 

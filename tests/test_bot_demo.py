@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from emojich.lineage import trace
+from emojich.lineage.trace import trace
 from tests.bot_harness import TOKEN
 from tests.fake_telegram import FakeTelegram
 from tests.pipeline import pipeline_env, run

@@ -20,7 +20,7 @@ from emojich.bot.rules import (
     set_name_problems,
     transliterate,
 )
-from emojich.stickers import make_sticker, make_thumbnail, sticker_problems, thumbnail_problems
+from emojich.segment.stickers import make_sticker, make_thumbnail, sticker_problems, thumbnail_problems
 
 BOT = "emojich_test_bot"
 VALID = re.compile(r"[A-Za-z][A-Za-z0-9_]*")

@@ -11,8 +11,8 @@ from emojich.data.catalogue import (
     write_catalogue,
     write_raw_images,
 )
-from emojich.shards import ShardError, iter_shards
-from emojich.storage import sha256_bytes
+from emojich.foundation.shards import ShardError, iter_shards
+from emojich.foundation.storage import sha256_bytes
 
 
 def _row(row_id: str, caption: str) -> CatalogueRow:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from emojich import cli
 from emojich.cli import build_parser, main
-from emojich.shards import write_shards
+from emojich.foundation.shards import write_shards
 
 
 class ModelLoaded(Exception):
@@ -19,14 +19,14 @@ class ModelLoaded(Exception):
 
 @pytest.fixture
 def no_model_loads(monkeypatch):
-    import emojich.generation
+    import emojich.generate.run
     import emojich.segment.unet
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise ModelLoaded
 
     monkeypatch.setattr(emojich.segment.unet, "load_unet", refuse)
-    monkeypatch.setattr(emojich.generation, "load_models", refuse)
+    monkeypatch.setattr(emojich.generate.run, "load_models", refuse)
 
 
 def _one_line_error(capsys, args: list[str], *fragments: str) -> str:

@@ -29,10 +29,10 @@ from emojich.data.crawler import (
     split_attribute,
 )
 from emojich.data.http import HttpCache, Response, parse_retry_after
-from emojich.layout import IMAGES_DIR, RAW_KIND, RAW_PREFIX
-from emojich.params import from_dict, load_params
-from emojich.shards import ShardReader, ShardWriter, member_ref, shard_paths
-from emojich.storage import sha256_bytes
+from emojich.foundation.layout import IMAGES_DIR, RAW_KIND, RAW_PREFIX
+from emojich.foundation.params import from_dict, load_params
+from emojich.foundation.shards import ShardReader, ShardWriter, member_ref, shard_paths
+from emojich.foundation.storage import sha256_bytes
 from tests.fixture_site import (
     FixtureSite,
     Route,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from emojich import cli
-from emojich.generation import work_units
+from emojich.generate.cell import work_units
 from tests.test_generate import make_tiny_assets
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from emojich import distributed
-from emojich.finetune import allreduce_for_preset, build_pairs, freeze_for_finetune, pair_loss
+from emojich.foundation import distributed
 from emojich.models.dalle import Dalle, DalleConfig
-from emojich.tokenizer import TextTokenizer
-from emojich.training import TrainConfig, Trainer
+from emojich.text.bpe import TextTokenizer
+from emojich.train.finetune import allreduce_for_preset, build_pairs, freeze_for_finetune, pair_loss
+from emojich.train.loop import TrainConfig, Trainer
 from tests.ddp_harness import run_ranks
 
 CAPTIONS = ["красный круг", "синий квадрат", "зелёный треугольник", "жёлтая звезда", "белое сердце"]

@@ -10,7 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from emojich.finetune import (
+from emojich.foundation.layout import IMAGES_DIR, RGB_KIND, UPSCALED_PREFIX
+from emojich.foundation.shards import write_shards
+from emojich.models.checkpoints import CheckpointError
+from emojich.models.dalle import Dalle, DalleConfig
+from emojich.text.bpe import TextTokenizer
+from emojich.train.finetune import (
     FLOOR_TEMPERATURES,
     build_pairs,
     caption_loss,
@@ -19,12 +24,7 @@ from emojich.finetune import (
     pair_loss,
     ranking_loss,
 )
-from emojich.layout import IMAGES_DIR, RGB_KIND, UPSCALED_PREFIX
-from emojich.models.checkpoints import CheckpointError
-from emojich.models.dalle import Dalle, DalleConfig
-from emojich.shards import write_shards
-from emojich.tokenizer import TextTokenizer
-from emojich.training import TrainConfig, Trainer
+from emojich.train.loop import TrainConfig, Trainer
 from stages.finetune import EvalParams, FinetuneParams, ModelParams, build_model, finetune
 from stages.tokenize import ImageTokenizerParams, TokenizeParams, tokenize
 

@@ -10,29 +10,16 @@ import torch
 from PIL import Image
 
 from emojich import cli
-from emojich.generation import (
-    CODES_FILE,
-    DWT_DECODER,
-    LANCZOS_FALLBACK,
-    SELF_TRAINED,
-    TARGET_SIZE,
-    PromptList,
-    SamplingCell,
-    check_prompt,
-    code_diversity,
-    contact_sheet,
-    load_models,
-    parse_prompts,
-    rank_by_score,
-    read_codes,
-    read_prompts,
-    require_prompt,
-    write_cell,
-)
+from emojich.generate.cell import SamplingCell, code_diversity, rank_by_score
+from emojich.generate.loading import DWT_DECODER, LANCZOS_FALLBACK, SELF_TRAINED, TARGET_SIZE, load_models
+from emojich.generate.prompts import PromptList, check_prompt, parse_prompts, read_prompts, require_prompt
+from emojich.generate.records import CODES_FILE, read_codes
+from emojich.generate.run import write_cell
+from emojich.generate.sheets import contact_sheet
 from emojich.models.dalle import Dalle, DalleConfig
 from emojich.models.rrdbnet import RRDBNet, RRDBNetConfig
 from emojich.models.vqgan import VQGan, VQGanConfig
-from emojich.tokenizer import TextTokenizer
+from emojich.text.bpe import TextTokenizer
 from stages import generate as stage
 
 CAPTIONS = ["розовая альпака улыбается", "зима в горах", "ежик в голубой шапке", "кролик синего цвета"]

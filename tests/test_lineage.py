@@ -5,9 +5,9 @@ import json
 import pytest
 
 from emojich.cli import main as cli
-from emojich.layout import IMAGES_DIR, PREPARED_PREFIX, RAW_KIND, RAW_PREFIX, RGB_KIND
-from emojich.lineage import trace
-from emojich.shards import ShardReader, iter_shards, shard_paths, write_shards
+from emojich.foundation.layout import IMAGES_DIR, PREPARED_PREFIX, RAW_KIND, RAW_PREFIX, RGB_KIND
+from emojich.foundation.shards import ShardReader, iter_shards, shard_paths, write_shards
+from emojich.lineage.trace import trace
 
 pytestmark = pytest.mark.slow
 

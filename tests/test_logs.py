@@ -13,8 +13,14 @@ import textwrap
 import numpy as np
 import pytest
 
-from emojich.logs import QUIET_LOGGERS, ReadableFormatter, readable, round_significant, setup_logging
-from emojich.progress import LOG_LINES_PER_BAR, progress_bar
+from emojich.foundation.logs import (
+    QUIET_LOGGERS,
+    ReadableFormatter,
+    readable,
+    round_significant,
+    setup_logging,
+)
+from emojich.foundation.progress import LOG_LINES_PER_BAR, progress_bar
 
 # A stage as the pipeline runs it: logging set up by `main`, a training loop with a postfix and a
 # message in the middle, then a library function with its own bar (the upscaler), then the metrics.
@@ -25,10 +31,10 @@ _STAGE = textwrap.dedent(
 
     import numpy as np
 
-    from emojich.logs import setup_logging
+    from emojich.foundation.logs import setup_logging
     from emojich.models.rrdbnet import RRDBNet, preset
-    from emojich.progress import progress_bar
-    from emojich.upscale import super_resolve
+    from emojich.foundation.progress import progress_bar
+    from emojich.upscale.superres import super_resolve
 
     @dataclasses.dataclass
     class RoundRecord:

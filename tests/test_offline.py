@@ -29,10 +29,10 @@ from emojich.data.offline import (
     list_emoji,
     make_renderer,
 )
-from emojich.layout import IMAGES_DIR, RAW_KIND, RAW_PREFIX
-from emojich.params import from_dict, load_section
-from emojich.shards import ShardReader, member_ref, write_shards
-from emojich.storage import sha256_bytes
+from emojich.foundation.layout import IMAGES_DIR, RAW_KIND, RAW_PREFIX
+from emojich.foundation.params import from_dict, load_section
+from emojich.foundation.shards import ShardReader, member_ref, write_shards
+from emojich.foundation.storage import sha256_bytes
 from stages import scrape
 
 SMALL = 6  # keycaps #, *, 0..3: a few sequences with U+FE0F and a combining mark

@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
+from emojich import standins
 from emojich.cli import main as cli_main
-from emojich.models import standin
+from emojich.models import origin
 from emojich.models.dalle import DalleConfig
 from emojich.models.vqgan import VQGanConfig
-from emojich.training import TrainConfig, build_optimizer, build_scheduler
+from emojich.train.loop import TrainConfig, build_optimizer, build_scheduler
 from tests.paper_profile import PROFILE, paper_overrides
 from tests.pipeline import assert_repro_is_a_no_op, dvc, make_pipeline_repo, run
 
@@ -53,19 +54,19 @@ def _metrics(path: Path, stage: str) -> dict:
 
 
 def test_standins_have_the_published_names_and_say_what_they_are(tiny_weights):
-    for name in standin.FILES:
+    for name in standins.FILES:
         assert (tiny_weights / name).is_file(), name
-        assert standin.file_origin(tiny_weights / name) == standin.STANDIN, name
-    raw = torch.load(tiny_weights / standin.REALESRGAN_FILE, weights_only=True)
+        assert origin.file_origin(tiny_weights / name) == origin.STANDIN, name
+    raw = torch.load(tiny_weights / standins.REALESRGAN_FILE, weights_only=True)
     assert set(raw) == {"params_ema"}  # Real-ESRGAN's container, the marker rides in its metadata
-    ckpt = torch.load(tiny_weights / standin.VQGAN_DWT_FILE, weights_only=True)
+    ckpt = torch.load(tiny_weights / standins.VQGAN_DWT_FILE, weights_only=True)
     assert all(key.startswith("model.") for key in ckpt["state_dict"])
     assert "model.decoder.idwt.g0_col" in ckpt["state_dict"]
 
 
 def test_standins_are_the_same_bytes_for_the_same_seed(tiny_weights, tmp_path):
     assert cli_main(["standin-weights", str(tmp_path), "--seed", "7"]) == 0
-    for name in standin.FILES:
+    for name in standins.FILES:
         assert (tmp_path / name).read_bytes() == (tiny_weights / name).read_bytes(), name
 
 
@@ -83,18 +84,18 @@ def test_tiny_standins_keep_the_published_key_names(tiny_weights):
         dalle = Dalle(DalleConfig.preset("malevich")).state_dict()
         vqgan = VQGan(VQGanConfig.preset("sber-dwt")).state_dict()
         rrdb = RRDBNet(PRESETS["realesrgan-x4"]).state_dict()
-    tiny = keys(standin.DALLE_FILE)
+    tiny = keys(standins.DALLE_FILE)
     assert set(tiny) == set(dalle)
     assert tiny["to_logits.1.weight"].shape[0] < dalle["to_logits.1.weight"].shape[0]
-    assert set(keys(standin.VQGAN_DWT_FILE, "state_dict")) == {f"model.{key}" for key in vqgan}
-    assert set(keys(standin.REALESRGAN_FILE, "params_ema")) == set(rrdb)
+    assert set(keys(standins.VQGAN_DWT_FILE, "state_dict")) == {f"model.{key}" for key in vqgan}
+    assert set(keys(standins.REALESRGAN_FILE, "params_ema")) == set(rrdb)
 
 
 def test_realesrgan_shapes_are_read_off_the_file(tiny_weights):
     from emojich.models.rrdbnet import RRDBNet, RRDBNetConfig
 
-    model = RRDBNet.load_published(tiny_weights / standin.REALESRGAN_FILE)
-    assert model.config == RRDBNetConfig(**standin.RRDBNET_TINY)
+    model = RRDBNet.load_published(tiny_weights / standins.REALESRGAN_FILE)
+    assert model.config == RRDBNetConfig(**standins.RRDBNET_TINY)
 
 
 def test_standin_weights_rejects_bad_input_with_one_line(tmp_path, capsys):
@@ -121,13 +122,13 @@ def test_paper_variant_of_every_stage_ran_on_standins(paper_run):
     assert upscale["upscaler"] == "realesrgan-x4-published" and upscale["images"]["super_resolved"] > 0
 
     tokens = _metrics(path, "tokenize")
-    assert tokens["image_tokenizer"] == f"vqgan-published:{standin.VQGAN_DWT_FILE}"
-    assert tokens["text_tokenizer"] == f"yttm-published:{standin.BPE_FILE}"
+    assert tokens["image_tokenizer"] == f"vqgan-published:{standins.VQGAN_DWT_FILE}"
+    assert tokens["text_tokenizer"] == f"yttm-published:{standins.BPE_FILE}"
     vq = VQGanConfig.preset("sber-dwt-tiny")
     assert tokens["grid"] == vq.grid_size and tokens["codebook_size"] == vq.codebook_size
 
     finetune = _metrics(path, "finetune")
-    assert finetune["model"] == f"dalle-malevich-tiny-finetuned-from:{standin.DALLE_FILE}"
+    assert finetune["model"] == f"dalle-malevich-tiny-finetuned-from:{standins.DALLE_FILE}"
     assert finetune["freeze"] == "attention-and-mlp" and finetune["frozen_tensors"] == 24 * 8
     assert 0 < finetune["trainable_parameters"] < finetune["parameters"]
     # 8-bit Adam: its moments are stored as uint8 in the resumable checkpoint.
@@ -170,9 +171,9 @@ def test_paper_variant_of_every_stage_ran_on_standins(paper_run):
 def test_every_stage_with_weights_says_standin(paper_run):
     path, _ = paper_run
     for stage in ("upscale", "tokenize", "finetune", "segment", "stickers"):
-        assert _metrics(path, stage)["weights_origin"] == standin.STANDIN, stage
+        assert _metrics(path, stage)["weights_origin"] == origin.STANDIN, stage
     (cell,) = (path / "data/generated").iterdir()
-    assert json.loads((cell / "provenance.json").read_text())["weights_origin"] == standin.STANDIN
+    assert json.loads((cell / "provenance.json").read_text())["weights_origin"] == origin.STANDIN
 
 
 @pytest.mark.slow
@@ -190,5 +191,5 @@ def test_lineage_traces_a_sticker_to_the_standin_checkpoint(paper_run):
     )
     links = json.loads(result.stdout)["links"]
     (checkpoint,) = [link for link in links if link["kind"] == "checkpoint"]
-    assert checkpoint["facts"]["weights_origin"] == standin.STANDIN
-    assert checkpoint["facts"]["model"].endswith(standin.DALLE_FILE)
+    assert checkpoint["facts"]["weights_origin"] == origin.STANDIN
+    assert checkpoint["facts"]["model"].endswith(standins.DALLE_FILE)

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from emojich.params import from_dict, load_params
+from emojich.foundation.params import from_dict, load_params
 
 
 @dataclasses.dataclass

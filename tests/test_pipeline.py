@@ -8,8 +8,8 @@ import re
 import pytest
 import yaml
 
-from emojich.layout import IMAGES_DIR, MASK_KIND, RAW_KIND, RGB_KIND, RGBA_KIND
-from emojich.shards import ShardReader
+from emojich.foundation.layout import IMAGES_DIR, MASK_KIND, RAW_KIND, RGB_KIND, RGBA_KIND
+from emojich.foundation.shards import ShardReader
 from tests.pipeline import assert_repro_is_a_no_op, dvc, run
 
 

@@ -20,9 +20,9 @@ from emojich.data.images import (
     read_prepared_manifest,
 )
 from emojich.data.split import TRAIN, VALIDATION, caption_key, split_captions
-from emojich.layout import IMAGES_DIR, MASK_KIND, RGB_KIND, RGBA_KIND
-from emojich.shards import ShardReader, iter_shards, shard_paths
-from emojich.storage import sha256_bytes
+from emojich.foundation.layout import IMAGES_DIR, MASK_KIND, RGB_KIND, RGBA_KIND
+from emojich.foundation.shards import ShardReader, iter_shards, shard_paths
+from emojich.foundation.storage import sha256_bytes
 from stages.prepare import PrepareParams, prepare
 from tests.synthetic_raw import make_raw, mode_samples, png_bytes
 

@@ -5,7 +5,7 @@ import importlib
 import pytest
 import yaml
 
-from emojich.params import from_dict
+from emojich.foundation.params import from_dict
 from tests.pipeline import ROOT
 
 STAGE_PARAMS = {

@@ -8,8 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from emojich.generate.sampling import (
+    IncrementalDecoder,
+    SampleResult,
+    filter_logits,
+    generate,
+    guide,
+    key_segments,
+)
 from emojich.models.dalle import Dalle, DalleConfig
-from emojich.sampling import IncrementalDecoder, SampleResult, filter_logits, generate, guide, key_segments
 
 
 def _model(fmt: str = "v3", preset: str = "tiny", scale: float = 4.0, seed: int = 0) -> Dalle:

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from emojich.layout import IMAGES_DIR, MASK_KIND, RGB_KIND, UPSCALED_PREFIX
+from emojich.foundation.layout import IMAGES_DIR, MASK_KIND, RGB_KIND, UPSCALED_PREFIX
+from emojich.foundation.shards import write_shards
 from emojich.models.checkpoints import CheckpointError
 from emojich.segment.pseudolabel import (
     PseudoLabelConfig,
@@ -31,7 +32,6 @@ from emojich.segment.unet import (
     preset,
     save_unet,
 )
-from emojich.shards import write_shards
 
 
 class PresetLogits(nn.Module):

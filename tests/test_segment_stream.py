@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emojich.layout import MASK_KIND, RGB_KIND, UPSCALED_PREFIX
+from emojich.foundation.layout import MASK_KIND, RGB_KIND, UPSCALED_PREFIX
+from emojich.foundation.shards import shard_paths, write_shards
 from emojich.segment.stream import ShardStream, StreamConfig
-from emojich.shards import shard_paths, write_shards
 
 
 def _png(array: np.ndarray) -> bytes:

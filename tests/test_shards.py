@@ -4,7 +4,7 @@ import tarfile
 
 import pytest
 
-from emojich.shards import (
+from emojich.foundation.shards import (
     ShardError,
     ShardReader,
     ShardWriter,

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from emojich.cli import main
-from emojich.stickers import (
+from emojich.foundation.storage import sha256_file
+from emojich.segment.stickers import (
     MAX_STICKER_BYTES,
     PackEntry,
     check_telegram_sticker,
@@ -18,7 +19,6 @@ from emojich.stickers import (
     write_pack,
     write_sticker,
 )
-from emojich.storage import sha256_file
 
 
 def _face(side=256):

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from emojich.storage import (
+from emojich.foundation.storage import (
     atomic_path,
     dumps_json,
     remove_stale_temporaries,

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from emojich.tokenizer import TextTokenizer
+from emojich.text.bpe import TextTokenizer
 
 _VOCABULARY = (
     "улыбающееся лицо с сердечками кот ёжик ёлка смеётся плачет красное сердце огонь звезда "

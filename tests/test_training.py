@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from emojich.training import TrainConfig, Trainer, batches_from, lr_at
+from emojich.train.loop import TrainConfig, Trainer, batches_from, lr_at
 
 
 class Toy(nn.Module):

@@ -8,19 +8,12 @@ import pytest
 import torch
 
 from emojich.data.images import decode_png_array, flatten_on_white
-from emojich.layout import IMAGES_DIR, MASK_KIND, RGB_KIND
+from emojich.foundation.layout import IMAGES_DIR, MASK_KIND, RGB_KIND
+from emojich.foundation.shards import ShardReader, iter_shards, shard_paths
+from emojich.foundation.storage import sha256_bytes
 from emojich.models.rrdbnet import RRDBNet, RRDBNetConfig, preset
-from emojich.shards import ShardReader, iter_shards, shard_paths
-from emojich.storage import sha256_bytes
-from emojich.upscale import (
-    TrainConfig,
-    evaluate_sr,
-    receptive_radius,
-    sr_batch,
-    super_resolve,
-    train_rrdbnet,
-    upscale_to,
-)
+from emojich.upscale.selftrain import TrainConfig, evaluate_sr, train_rrdbnet
+from emojich.upscale.superres import receptive_radius, sr_batch, super_resolve, upscale_to
 from stages.prepare import PrepareParams, prepare
 from stages.upscale import FALLBACK, SELF_TRAINED, UpscaleParams, upscale_dataset
 from tests.synthetic_raw import emoji_rgba, make_raw
@@ -151,7 +144,7 @@ def test_upscale_stage_falls_back_to_lanczos_without_large_images(tmp_path) -> N
 
 def test_sr_max_side_resizes_larger_inputs_without_the_network():
     from emojich.models.rrdbnet import RRDBNet, preset
-    from emojich.upscale import needs_super_resolution, resize_square, upscale_to
+    from emojich.upscale.superres import needs_super_resolution, resize_square, upscale_to
 
     assert needs_super_resolution(72, 72, 256, 128) and not needs_super_resolution(136, 136, 256, 128)
     assert needs_super_resolution(136, 136, 256) and not needs_super_resolution(256, 256, 256)

@@ -5,4 +5,6 @@
 - `worker`: drawing and background removal in worker processes, through the library;
 - `dispatch`: the generation queue; `maker`: from a pick to a sticker in a set;
 - `handlers`: the conversation and commands; `app`: start-up, polling and the command line.
+
+The top of the library: may import every part below it.
 """

@@ -75,7 +75,7 @@ def setup_logging(token: str, level: str = "INFO", stream: Any = None) -> None:
 def _token_counter(info: ModelInfo) -> Callable[[str], int]:
     if info.bpe is None:
         return len
-    from emojich.tokenizer import TextTokenizer
+    from emojich.text.bpe import TextTokenizer
 
     tokenizer = TextTokenizer.load(info.bpe)
     return lambda text: len(tokenizer.tokenize(text))

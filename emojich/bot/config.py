@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from emojich.params import from_dict, load_params
-from emojich.stickers import FORMATS
+from emojich.foundation.params import from_dict, load_params
+from emojich.segment.stickers import FORMATS
 
 TELEGRAM_API_URL = "https://api.telegram.org/bot"
 TOKEN_ENV = "EMOJICH_BOT_TOKEN"

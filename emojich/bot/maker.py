@@ -22,8 +22,8 @@ from emojich.bot.rules import RuleError, check_set_capacity, set_name_candidates
 from emojich.bot.services import Services
 from emojich.bot.store import Job, Pack, Sticker
 from emojich.bot.worker import CutRequest, CutResult
-from emojich.lineage import BOT_MAKER
-from emojich.stickers import sticker_problems, thumbnail_problems
+from emojich.lineage.trace import BOT_MAKER
+from emojich.segment.stickers import sticker_problems, thumbnail_problems
 
 log = logging.getLogger("emojich.bot.maker")
 

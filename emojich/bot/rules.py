@@ -3,7 +3,7 @@
 Everything here is checked before any Bot API call, so a user hears about a bad name, emoji list
 or caption from the bot in plain words instead of as a Telegram error code. The file rules
 (PNG/WEBP, one side exactly 512 px, 512 KB; thumbnails 100 x 100, 128 KB) live in
-`emojich.stickers`, beside the code that encodes the files.
+`emojich.segment.stickers`, beside the code that encodes the files.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from functools import cache
 
-from emojich.tokenizer import is_latin_only
+from emojich.text.bpe import is_latin_only
 
 SET_NAME_MAX = 64  # characters, `_by_<bot>` included
 SET_TITLE_MAX = 64

@@ -82,8 +82,8 @@ class ModelGenerator:
     def load(self) -> ModelInfo:
         import torch
 
-        from emojich.device import resolve_device
-        from emojich.generation import load_models
+        from emojich.foundation.device import resolve_device
+        from emojich.generate.loading import load_models
 
         if self.params.threads > 0:
             torch.set_num_threads(self.params.threads)
@@ -102,7 +102,8 @@ class ModelGenerator:
         )
 
     def __call__(self, request: GenerationRequest) -> GenerationResult:
-        from emojich.generation import SamplingCell, sample_cell, write_ranked_images
+        from emojich.generate.cell import SamplingCell, sample_cell
+        from emojich.generate.records import write_ranked_images
 
         params = self.params
         cell = SamplingCell(params.top_k, params.top_p, params.temperature, request.seed, params.guidance)
@@ -141,8 +142,8 @@ class StickerCutter:
     def __call__(self, request: CutRequest) -> CutResult:
         from PIL import Image
 
-        from emojich.stickers import cut_sticker_file, make_thumbnail
-        from emojich.storage import write_bytes_atomic
+        from emojich.foundation.storage import write_bytes_atomic
+        from emojich.segment.stickers import cut_sticker_file, make_thumbnail
 
         source, dest = Path(request.image), Path(request.dest)
         # "auto" without a U-Net is the contour method alone, as in `emojich sticker`.

@@ -1,1 +1,5 @@
-"""Data handling: the scraped catalogue, image normalisation and splits."""
+"""Data: the emoji catalogue (offline from installed packages, or crawled from the web), CLDR's
+Russian names, image normalisation and the caption splits (the scrape and prepare stages).
+
+May import `emojich.foundation` and `emojich.text`.
+"""

@@ -5,7 +5,7 @@ with fixed formatting so an unchanged source gives a byte-identical file, which 
 everything downstream.
 
 The images themselves live in `data/raw/images/raw-00000.tar`, `raw-00001.tar`, ... (see
-`emojich.shards`), one member `<id>.png` per row, written in id order by `write_raw_images`;
+`emojich.foundation.shards`), one member `<id>.png` per row, written in id order by `write_raw_images`;
 a row's `image_path` names its member, e.g. `images/raw-00000.tar:twemoji-1f600.png`.
 """
 
@@ -19,9 +19,9 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from emojich.layout import IMAGES_DIR, RAW_KIND, RAW_PREFIX
-from emojich.shards import ShardWriter, member_ref
-from emojich.storage import dumps_csv, sha256_bytes, write_json_atomic, write_text_atomic
+from emojich.foundation.layout import IMAGES_DIR, RAW_KIND, RAW_PREFIX
+from emojich.foundation.shards import ShardWriter, member_ref
+from emojich.foundation.storage import dumps_csv, sha256_bytes, write_json_atomic, write_text_atomic
 
 CAPTIONS_FILE = "captions.csv"
 STATS_FILE = "stats.json"

@@ -49,8 +49,8 @@ from PIL import Image, UnidentifiedImageError
 
 from emojich.data.catalogue import CatalogueRow, normalise_caption, write_raw_images
 from emojich.data.http import ClientConfig, FetchError, PoliteClient, Response, host_of, url_key
-from emojich.progress import progress_bar
-from emojich.storage import remove_stale_temporaries, sha256_bytes
+from emojich.foundation.progress import progress_bar
+from emojich.foundation.storage import remove_stale_temporaries, sha256_bytes
 
 log = logging.getLogger(__name__)
 

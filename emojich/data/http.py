@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from emojich.storage import sha256_bytes
+from emojich.foundation.storage import sha256_bytes
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from emojich.storage import write_csv_atomic
+from emojich.foundation.storage import write_csv_atomic
 
 # The report's rule: pixels with alpha below this become white.
 DEFAULT_ALPHA_THRESHOLD = 128

@@ -47,10 +47,10 @@ from emojich.data.russian import (
     load_cldr_names,
     strip_skin_tone,
 )
-from emojich.layout import IMAGES_DIR, RAW_KIND
-from emojich.progress import progress_bar
-from emojich.shards import ShardError, ShardReader, shard_paths
-from emojich.storage import sha256_file, write_json_atomic
+from emojich.foundation.layout import IMAGES_DIR, RAW_KIND
+from emojich.foundation.progress import progress_bar
+from emojich.foundation.shards import ShardError, ShardReader, shard_paths
+from emojich.foundation.storage import sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -88,7 +88,7 @@ def save_safetensors(
     memory first (as bytes, then re-sliced) took four more copies of it, more than a 23 GB
     machine holds. Tensors are copied only where safetensors requires it (shared storage).
     """
-    from emojich.storage import atomic_path
+    from emojich.foundation.storage import atomic_path
 
     with atomic_path(path) as tmp:
         write_safetensors(unshared_tensors(module.state_dict()), tmp, metadata)

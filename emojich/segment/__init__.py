@@ -1,4 +1,8 @@
-"""Background segmentation: the U-Net, its pseudo-labelling rounds and the contour fallback."""
+"""Background segmentation and stickers (the segment and stickers stages): the U-Net, its pseudo-labelling
+rounds, the contour fallback, and 512 px RGBA stickers that meet Telegram's rules.
+
+May import `emojich.foundation`, `emojich.models` and `emojich.train`.
+"""
 
 from emojich.segment.contour import ContourConfig, contour_alpha
 from emojich.segment.masking import MaskResult, segment_images

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emojich.progress import progress_bar
+from emojich.foundation.progress import progress_bar
 from emojich.segment.metrics import mask_scores
 from emojich.segment.unet import predict, predict_many, to_network_input
-from emojich.training import epoch_order
+from emojich.train.loop import epoch_order
 
 # How many pending generated images are predicted at once: probabilities at 512 px take 1 MB
 # each, so only the accepted ones are kept, as uint8, between chunks.

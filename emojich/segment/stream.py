@@ -13,7 +13,7 @@ positions w, w + W, ... of that sequence and shuffles them through its own buffe
 seed and worker count give the same batches.
 
 Hand-written rather than the `webdataset` library: the shards and their reader are already
-ours (`emojich.shards`), and the three steps the stage needs (filter by split, decode and
+ours (`emojich.foundation.shards`), and the three steps the stage needs (filter by split, decode and
 resize, seeded buffer shuffle) are shorter than adapting a pipeline to them.
 """
 
@@ -31,9 +31,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from emojich.layout import MASK_KIND, RGB_KIND
+from emojich.foundation.layout import MASK_KIND, RGB_KIND
+from emojich.foundation.shards import shard_paths
 from emojich.segment.pseudolabel import resize_images, resize_masks
-from emojich.shards import shard_paths
 
 # Extras (pseudo-labelled generated images, held in memory) are visited in chunks of this
 # many, placed among the shards so that they spread over the epoch instead of trailing it.

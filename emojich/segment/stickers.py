@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from emojich.storage import sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
+from emojich.foundation.storage import sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
 
 if TYPE_CHECKING:
     from torch import nn

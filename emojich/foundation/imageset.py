@@ -50,7 +50,7 @@ def image_grid(images: torch.Tensor, columns: int, pad: int = 2, background: int
 
 def save_png(image: Image.Image, dest: str | Path) -> None:
     """Write a PNG atomically; Pillow adds no timestamp, so equal pixels give equal bytes."""
-    from emojich.storage import atomic_path
+    from emojich.foundation.storage import atomic_path
 
     with atomic_path(dest) as tmp:
         image.save(tmp, format="PNG", optimize=False)

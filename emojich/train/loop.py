@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from emojich import distributed
-from emojich.storage import atomic_path
+from emojich.foundation import distributed
+from emojich.foundation.storage import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ LossFn = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, dict[str, torch
 class Trainer:
     """Runs the recipe over a fixed-size dataset addressed by example index.
 
-    Under torch.distributed (`emojich.distributed`) it trains with DDP: every rank walks the same
+    Under torch.distributed (`emojich.foundation.distributed`) it trains with DDP: every rank walks the same
     global batches, `loss_fn` computes the mean loss of its `distributed.local_rows` share (a
     loss that ignores sharding is still correct, only redundant), DDP averages the gradients,
     and so each step equals one process's step on the whole global batch. DDP registers only

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from emojich.foundation.progress import progress_bar
 from emojich.models.dalle import Dalle, masked_attention
 from emojich.models.masks import build_mask
-from emojich.progress import progress_bar
 
 # A run of allowed keys as a (possibly strided) slice, or the explicit positions of a scattered set.
 Segment = slice | torch.Tensor

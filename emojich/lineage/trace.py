@@ -30,11 +30,11 @@ from typing import Any
 
 import yaml
 
-from emojich.layout import IMAGES_DIR, RAW_KIND, RGB_KIND
-from emojich.models.standin import safetensors_origin
-from emojich.records import PROVENANCE_FILE
-from emojich.shards import SHARD_SUFFIX, ShardReader, member_ref
-from emojich.storage import file_digest, sha256_bytes, sha256_file
+from emojich.foundation.layout import IMAGES_DIR, RAW_KIND, RGB_KIND
+from emojich.foundation.records import PROVENANCE_FILE
+from emojich.foundation.shards import SHARD_SUFFIX, ShardReader, member_ref
+from emojich.foundation.storage import file_digest, sha256_bytes, sha256_file
+from emojich.models.origin import safetensors_origin
 
 STICKERS = Path("data/stickers/images")
 GENERATED = Path("data/generated")
@@ -420,37 +420,6 @@ def trace(path: str | Path, root: str | Path = ".", verify_items: bool = True) -
         return tracer.trace(path)  # relative paths are resolved against the working directory
     finally:
         tracer.close()
-
-
-def render_text(lineage: Lineage) -> str:
-    """A human-readable chain, one block per link, breaks marked."""
-    lines = [f"lineage of {lineage.target}", ""]
-    for link in lineage.links:
-        mark = "ok  " if link.ok else "BREAK"
-        head = f"[{mark}] {link.title}"
-        if link.path:
-            head += f"  {link.path}"
-        if link.sha256:
-            head += f"  sha256:{link.sha256[:16]}…"
-        lines.append(head)
-        for key, value in link.facts.items():
-            if value in (None, {}, []):
-                continue
-            text = (
-                json.dumps(value, ensure_ascii=False, sort_keys=True)
-                if isinstance(value, dict | list)
-                else value
-            )
-            lines.append(f"        {key}: {text}")
-        if link.problem:
-            lines.append(f"        !! {link.problem}")
-    verdict = (
-        "verified end to end"
-        if not lineage.breaks
-        else f"{len(lineage.breaks)} break(s): {', '.join(lineage.break_kinds)}"
-    )
-    lines += ["", verdict]
-    return "\n".join(lines)
 
 
 # -- small I/O helpers ------------------------------------------------------------------------------

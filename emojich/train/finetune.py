@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from emojich import distributed
+from emojich.foundation import distributed
 from emojich.models.dalle import MLP, Dalle, DalleConfig, SelfAttention
-from emojich.tokenizer import TextTokenizer
+from emojich.text.bpe import TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def pair_loss(pairs: PairSet, device: torch.device, caption_dropout: float = 0.0
 
     `caption_dropout` replaces that share of captions with an empty one (all padding), so the
     model also learns p(image) without a caption: what classifier-free guidance at sampling time
-    (`emojich.sampling.generate(guidance=...)`) pushes away from. Drawn from torch's global
+    (`emojich.generate.sampling.generate(guidance=...)`) pushes away from. Drawn from torch's global
     generator, whose state the Trainer's checkpoints carry, so a resumed run drops the same ones.
 
     Under DDP `indices` is the step's global batch: the dropout draw covers all of it on every

@@ -1,6 +1,6 @@
 """Where the image stages keep their images, and what each shard member holds.
 
-Each of scrape, prepare and upscale writes its images as tar shards (see `emojich.shards`) in
+Each of scrape, prepare and upscale writes its images as tar shards (see `emojich.foundation.shards`) in
 `<stage folder>/images/`, named after the stage, one member per image and kind; its manifest
 (CSV) carries one row per image with the sha256 of each member. Later stages look images up
 by id, so this file is the one place the names live.

@@ -24,18 +24,14 @@ import json
 import os
 import random
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
-STANDIN_KEY = "emojich_standin"
-ORIGIN_KEY = "weights_origin"
-STANDIN, PUBLISHED, SELFTRAINED = "standin", "published", "selftrained"
+from emojich.models.origin import STANDIN, STANDIN_CODEPOINT, STANDIN_KEY
+
 SIZES = ("tiny", "full")
-# Private-use code point that marks a stand-in `bpe.model` (the last one Unicode allows).
-STANDIN_CODEPOINT = 0x10FFFD
 
 DALLE_FILE = "pytorch_model_v3.bin"
 VQGAN_FILE = "vqgan.gumbelf8-sber.model.ckpt"
@@ -53,62 +49,6 @@ PRESETS: dict[str, dict[str, str]] = {
 BPE_TOKENS = {"full": 16384, "tiny": 256}
 # Real-ESRGAN x4 at tiny size: the published 23 blocks (so the same keys), thin convolutions.
 RRDBNET_TINY = {"num_feat": 8, "num_block": 23, "num_grow_ch": 4}
-
-
-def combine(origins: Iterable[str]) -> str:
-    """One stand-in input makes the result a stand-in result; else any published one makes it published."""
-    found = set(origins)
-    for origin in (STANDIN, PUBLISHED):
-        if origin in found:
-            return origin
-    return SELFTRAINED
-
-
-def marker_of(state: Mapping) -> dict | None:
-    """The stand-in marker of a state dict (or of a container holding one), if any."""
-    metadata = getattr(state, "_metadata", None) or {}
-    if STANDIN_KEY in metadata:
-        return dict(metadata[STANDIN_KEY])
-    for value in state.values():
-        if isinstance(value, Mapping) and not isinstance(value, torch.Tensor):
-            found = marker_of(value)
-            if found is not None:
-                return found
-    return None
-
-
-def file_origin(path: str | os.PathLike[str] | None) -> str:
-    """`standin` or `published` for a weights file given to a stage, `selftrained` for none.
-
-    Reads only the metadata: torch files are memory-mapped, so a 5 GB checkpoint costs no RAM.
-    """
-    if not path:
-        return SELFTRAINED
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return safetensors_origin(path)
-    if path.suffix == ".model":
-        return STANDIN if STANDIN_CODEPOINT in yttm_alphabet(path) else PUBLISHED
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (pre-zip) torch files cannot be memory-mapped
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    return STANDIN if isinstance(state, Mapping) and marker_of(state) is not None else PUBLISHED
-
-
-def safetensors_origin(path: str | os.PathLike[str]) -> str:
-    """The origin one of our stages wrote into a safetensors file's metadata (else self-trained)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        return (handle.metadata() or {}).get(ORIGIN_KEY, SELFTRAINED)
-
-
-def yttm_alphabet(path: str | os.PathLike[str]) -> set[int]:
-    """The code points a YouTokenToMe model file lists (see `TextTokenizer.from_yttm`)."""
-    numbers = Path(path).read_text(encoding="utf-8").split()
-    n_chars = int(numbers[0])
-    return {int(numbers[2 + 2 * i]) for i in range(n_chars)}
 
 
 # -- the files ---------------------------------------------------------------------------------------
@@ -147,7 +87,7 @@ def _seeded(build, seed: int) -> nn.Module:
 
 
 def _save(obj: object, dest: Path) -> None:
-    from emojich.storage import atomic_path
+    from emojich.foundation.storage import atomic_path
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     # Through a file object: given a path, torch names the archive's folder after it, and the
@@ -206,7 +146,7 @@ def write_bpe(dest: Path, spec: StandinSpec) -> None:
     training on some corpus does not guarantee. Merges join two existing pieces, and the word
     mark only ever starts a piece, as in a trained model.
     """
-    from emojich.tokenizer import BASE_ALPHABET, SPECIAL_TOKENS, WORD_MARK, TextTokenizer, _pipeline
+    from emojich.text.bpe import BASE_ALPHABET, SPECIAL_TOKENS, WORD_MARK, TextTokenizer, _pipeline
 
     rng = random.Random(spec.seed)
     alphabet = [*sorted(set(WORD_MARK + BASE_ALPHABET)), chr(STANDIN_CODEPOINT)]
@@ -229,7 +169,7 @@ def write_bpe(dest: Path, spec: StandinSpec) -> None:
 
 def write_standins(folder: str | os.PathLike[str], spec: StandinSpec) -> dict[str, str]:
     """Write all six files under their published names; returns {name: sha256}."""
-    from emojich.storage import sha256_file
+    from emojich.foundation.storage import sha256_file
 
     folder = Path(folder)
     # Largest last at full size, so a short disk fails before the long write.

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping
 from typing import IO, Any
 
-from emojich.progress import is_terminal
+from emojich.foundation.progress import is_terminal
 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 SIGNIFICANT_DIGITS = 4
@@ -100,7 +100,7 @@ class _BesideBarsHandler(logging.StreamHandler):
 def setup_logging(level: int = logging.INFO, stream: IO[str] | None = None) -> None:
     """Configure the root logger for a stage or command, as `logging.basicConfig` would.
 
-    Off a terminal the bars of `emojich.progress` write whole lines, so a plain handler cannot
+    Off a terminal the bars of `emojich.foundation.progress` write whole lines, so a plain handler cannot
     glue a message onto one; on a terminal the handler writes around the live bars.
     """
     stream = stream if stream is not None else sys.stderr

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from emojich.storage import write_json_atomic
+from emojich.foundation.storage import write_json_atomic
 
 METRICS_DIR = Path("metrics")
 PROVENANCE_FILE = "provenance.json"

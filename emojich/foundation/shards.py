@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from emojich.storage import remove_stale_temporaries, temporary_beside
+from emojich.foundation.storage import remove_stale_temporaries, temporary_beside
 
 SHARD_SUFFIX = ".tar"
 DEFAULT_MAX_ITEMS = 2048

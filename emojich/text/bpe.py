@@ -162,7 +162,7 @@ class TextTokenizer:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Save as a Hugging Face tokenizer JSON file."""
-        from emojich.storage import write_text_atomic
+        from emojich.foundation.storage import write_text_atomic
 
         write_text_atomic(path, self._tokenizer.to_str(pretty=True))
 
@@ -172,7 +172,7 @@ class TextTokenizer:
 
     def save_yttm(self, path: str | os.PathLike[str]) -> None:
         """Write the YouTokenToMe text format read by `from_yttm` (and by YTTM itself)."""
-        from emojich.storage import write_text_atomic
+        from emojich.foundation.storage import write_text_atomic
 
         vocab, merges = _vocab_and_merges(self._tokenizer)
         specials = set(SPECIAL_TOKENS)
