@@ -4,6 +4,7 @@ import pytest
 
 from emojich.segment.contour import ContourConfig, border_background, contour_alpha
 from emojich.segment.metrics import boundaries, boundary_f_score, iou, mask_scores
+from emojich.stickers import make_sticker
 
 WHITE = (255, 255, 255)
 
@@ -94,6 +95,91 @@ def test_threshold_is_a_parameter():
     image[8:24, 8:24] = 235
     assert contour_alpha(image, ContourConfig(white_threshold=230))[16, 16] == 0
     assert contour_alpha(image, ContourConfig(white_threshold=240))[16, 16] == 255
+
+
+def outlined_field(side=512, outline=8):
+    """A dark 8 px outline around a white field, as a white flag, sign or balloon is drawn."""
+    image = np.full((side, side, 3), 255, np.uint8)
+    image[96:416, 96:416] = 30
+    image[96 + outline : 416 - outline, 96 + outline : 416 - outline] = 255
+    return image
+
+
+def test_white_field_inside_an_outline_is_opaque_up_to_the_outline():
+    image = outlined_field()
+    alpha = contour_alpha(image)
+    field = alpha[104:408, 104:408]
+    assert (field == 255).sum() == 304 * 304  # no seam just inside the outline
+    assert (alpha[96:416, 96:416] == 255).all()
+    assert (alpha[:96] == 0).all() and (alpha[:, 416:] == 0).all()
+
+
+def test_outlined_white_eye_near_the_edge_of_a_face_stays_opaque():
+    image = np.full((512, 512, 3), 255, np.uint8)
+    cv2.circle(image, (256, 256), 200, (255, 200, 0), -1, lineType=cv2.LINE_AA)  # yellow face, no outline
+    # A white eye in a 4 px dark outline, 2 px from the face's edge: its white lies 6 px from the
+    # background, well within the graded band (10 px at 512 px).
+    eye = (256 + 156, 256)
+    cv2.circle(image, eye, 40, WHITE, -1, lineType=cv2.LINE_AA)
+    cv2.circle(image, eye, 40, (20, 20, 20), 4, lineType=cv2.LINE_AA)
+    alpha = contour_alpha(image)
+    rows, columns = np.ogrid[:512, :512]
+    inside_eye = (columns - eye[0]) ** 2 + (rows - eye[1]) ** 2 <= 37**2
+    assert (alpha[inside_eye] == 255).all(), (alpha[inside_eye] < 255).sum()
+    # The face's own anti-aliased edge is still graded, and the background still cut.
+    edge = alpha[256, 452:460]
+    assert ((edge > 0) & (edge < 255)).any() and alpha[256, 470] == 0 and alpha[0, 0] == 0
+
+
+def _on_black(image):
+    sticker = np.asarray(make_sticker(image, contour_alpha(image), side=image.shape[0])).astype(np.float32)
+    return sticker[..., :3] * (sticker[..., 3:] / 255), sticker[..., 3]
+
+
+def _balloon(side, outline):
+    """The halo test's anti-aliased red disc; with an outline width, a dark ring around a white field."""
+    image = np.full((side, side, 3), 255, np.uint8)
+    centre, radius = (side // 2, side // 2), side * 5 // 16
+    if outline:
+        cv2.circle(image, centre, radius, (20, 20, 20), -1, lineType=cv2.LINE_AA)
+        cv2.circle(image, centre, radius - outline, WHITE, -1, lineType=cv2.LINE_AA)
+    else:
+        cv2.circle(image, centre, radius, (220, 30, 40), -1, lineType=cv2.LINE_AA)
+    return image, centre, radius
+
+
+@pytest.mark.parametrize(("side", "outline"), [(128, 0), (512, 8)])
+def test_on_black_the_outer_edge_shows_no_halo_and_the_field_no_seam(side, outline):
+    """Outside the drawing nothing is lighter than the drawing's own edge colour (no white ring);
+    with an outline, the white field inside is opaque right up to it (no see-through seam)."""
+    image, (cx, cy), radius = _balloon(side, outline)
+    on_black, alpha = _on_black(image)
+    rows, columns = np.ogrid[:side, :side]
+    distance = np.sqrt((columns - cx) ** 2 + (rows - cy) ** 2)
+    outer = distance > radius - 1.5  # the outer edge and everything beyond it
+    # the disc's colour (220, 30, 40) or the outline's (20, 20, 20) bounds green and blue, with
+    # rounding room
+    assert on_black[outer][:, 1].max() <= 45 and on_black[outer][:, 2].max() <= 55
+    assert alpha.max() == 255 and (alpha == 0).any()
+    assert (alpha[distance < radius - outline - 1] == 255).all()
+
+
+def test_white_cloud_without_an_outline_is_cut_as_before():
+    """A white cloud on white with no outline, shaded grey underneath: nothing blocks the band,
+    so the white body is background (the rule stays) and all of the grey shade is graded by
+    coverage, depth / depth of the shade's colour."""
+    image = np.full((256, 256, 3), 255, np.uint8)
+    for centre, radius in [((96, 120), 40), ((140, 100), 50), ((180, 124), 36)]:
+        cv2.circle(image, centre, radius, (248, 248, 252), -1, lineType=cv2.LINE_AA)  # near-white body
+    shade = (150, 160, 175)  # depth 105
+    cv2.ellipse(image, (140, 158), (70, 7), 0, 0, 360, shade, -1, lineType=cv2.LINE_AA)
+    alpha = contour_alpha(image)
+    background = border_background(image)
+    assert alpha[100, 140] == 0 and alpha[0, 0] == 0  # the white body is background
+    depth = 255 - image.min(axis=-1).astype(np.float32)
+    expected = np.rint(np.clip(depth / 105, 0, 1) * 255).astype(np.uint8)
+    assert ((alpha > 0) & (alpha < 255)).sum() > 100
+    np.testing.assert_array_equal(alpha[~background], expected[~background])
 
 
 # -- metrics ----------------------------------------------------------------------------------------

@@ -77,6 +77,18 @@ def test_predict_batches_resizes_back_and_accepts_pil():
     np.testing.assert_array_equal(conf_pil, conf)
 
 
+def test_auto_falls_back_to_a_contour_cut_without_a_seam_inside_an_outline():
+    """Below the U-Net's confidence threshold, `auto` (stickers, the bot) cuts with the contour
+    method: a white field inside a dark outline stays opaque up to the outline."""
+    from emojich.segment.masking import segment_images
+    from tests.test_contour import outlined_field
+
+    unsure = PresetLogits([0.0] * 256)  # every pixel at P = 0.5: confidence 0.5
+    (result,) = segment_images([outlined_field()], "auto", unsure, size=64, threshold=0.99)
+    assert result.method == "contour" and result.confidence == pytest.approx(0.5)
+    assert (result.alpha[96:416, 96:416] == 255).all() and result.alpha[:96].max() == 0
+
+
 def test_label_round_accepts_exactly_the_images_at_or_above_threshold():
     confidences = [0.9, 0.985, 0.9899, 0.9901, 0.995, 0.9999]
     model = PresetLogits([_margin(c) for c in confidences])

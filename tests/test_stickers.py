@@ -127,6 +127,19 @@ def test_cli_sticker_with_contour(tmp_path, capsys):
     assert written["mask_method"] == "contour" and written["sticker_sha256"] == sha256_file(dest)
 
 
+def test_cli_contour_sticker_keeps_the_white_field_inside_an_outline(tmp_path):
+    """`emojich sticker --method contour` on a white field in an 8 px dark outline: the sticker's
+    field is opaque right up to the outline, with no see-through seam on a dark chat theme."""
+    from tests.test_contour import outlined_field
+
+    source, dest = tmp_path / "flag.png", tmp_path / "flag.webp"
+    Image.fromarray(outlined_field()).save(source)
+    assert main(["sticker", str(source), str(dest), "--method", "contour"]) == 0
+    with Image.open(dest) as sticker:
+        alpha = np.asarray(sticker.convert("RGBA"))[..., 3]
+    assert (alpha[96:416, 96:416] == 255).all() and alpha[:96].max() == 0
+
+
 def test_cli_auto_without_weights_says_contour(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no pipeline U-Net at data/segment/unet.safetensors to fall back on
     source = tmp_path / "face.png"
