@@ -4,7 +4,7 @@ import pytest
 
 from emojich.segment.contour import ContourConfig, border_background, contour_alpha
 from emojich.segment.metrics import boundaries, boundary_f_score, iou, mask_scores
-from emojich.stickers import make_sticker
+from emojich.segment.stickers import make_sticker
 
 WHITE = (255, 255, 255)
 
