@@ -1,8 +1,10 @@
 """Stage `finetune`: train the transformer on the tokenized set with the report's recipe.
 
-Demo profile: the `demo` preset from scratch, every parameter trainable. Paper profile: a
-published checkpoint (Malevich) with attention and feed-forward frozen, image-loss weight 1000.
-Same optimizer, schedule and loss code either way.
+Demo profile: the `demo` preset from scratch, every parameter trainable, reading captions through
+a frozen pretrained text encoder: it trains on the tokenize stage's caption pairs (names, keywords,
+inflections and colour phrases with their caption vectors, `pairs.*`). Paper profile: a published
+checkpoint (Malevich) with attention and feed-forward frozen, image-loss weight 1000, BPE captions
+from `index.csv`. Same optimizer, schedule and loss code either way.
 
 Outputs: the checkpoint, per-step CSV plots (`plots/`), an evaluation sample sheet per evaluation
 step (`samples/`, the report's human-evaluation grid), `provenance.json` (variant, sizes, the
@@ -50,17 +52,18 @@ from emojich.models.dalle import Dalle, DalleConfig
 from emojich.models.origin import ORIGIN_KEY, combine, file_origin, safetensors_origin
 from emojich.models.vqgan import VQGan
 from emojich.text.bpe import TextTokenizer
+from emojich.text.encoder import load_encoder
 from emojich.train.finetune import (
     PairSet,
     build_pairs,
     caption_loss,
     chance_caption_loss,
     freeze_for_finetune,
-    limit_per_caption,
     pair_loss,
     validation_loss,
 )
 from emojich.train.loop import StepLog, TrainConfig, Trainer
+from emojich.train.pairs import PAIRS_CSV, PAIRS_TENSORS, limit_per_caption, memory_table, read_pairs
 
 TOKENS = Path("data/tokens")
 OUT = Path("data/finetune")
@@ -110,8 +113,11 @@ class FinetuneParams:
         distributed.check_nproc(self.nproc_per_node, "finetune.nproc_per_node")
 
 
-def build_model(params: ModelParams, tokenizer: TextTokenizer, vqgan: VQGan) -> tuple[Dalle, str]:
-    """The transformer sized to the tokenizers, and a label for the metrics."""
+def build_model(
+    params: ModelParams, tokenizer: TextTokenizer, vqgan: VQGan, memory: tuple[int, int] = (0, 0)
+) -> tuple[Dalle, str]:
+    """The transformer sized to the tokenizers (and, for an encoder-conditioned one, to its caption
+    memory's keys and slots), and a label for the metrics."""
     cfg = DalleConfig.preset(params.preset)
     grid, codebook = vqgan.config.grid_size, vqgan.config.codebook_size
     if params.weights:
@@ -142,6 +148,8 @@ def build_model(params: ModelParams, tokenizer: TextTokenizer, vqgan: VQGan) -> 
         loss_img_weight=params.loss_img_weight,
         layer_masks=None,
         conv_kernel=None,  # re-derived for the tokenizer's grid
+        memory_keys=memory[0] if cfg.conditioned else 0,
+        memory_slots=memory[1] if cfg.conditioned else 0,
     )
     return Dalle(cfg), f"dalle-{params.preset}-from-scratch"
 
@@ -165,8 +173,9 @@ def run_key(params: FinetuneParams, tokens: Path) -> str:
     # The process count changes where a step is computed, not what it computes.
     settings = {k: v for k, v in dataclasses.asdict(params).items() if k != "nproc_per_node"}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    for name in ("codes.safetensors", "index.csv", "bpe.json", "vqgan.safetensors"):
-        digest.update(sha256_file(tokens / name).encode())
+    for name in ("codes.safetensors", "index.csv", "bpe.json", "vqgan.safetensors", PAIRS_CSV, PAIRS_TENSORS):
+        if (tokens / name).is_file():
+            digest.update(sha256_file(tokens / name).encode())
     for module in TRAINING_CODE:
         digest.update(sha256_file(module.__file__).encode())
     return digest.hexdigest()
@@ -193,10 +202,16 @@ def _fmt(value: float) -> str:
 def sample_sheet(
     model: Dalle, vqgan: VQGan, tokenizer: TextTokenizer, params: EvalParams, device: torch.device
 ):
-    text = tokenizer.encode_batch(params.prompts, model.config.text_seq_length)
+    conditions = None
+    if model.config.conditioned:
+        text = model.blank_text(len(params.prompts))
+        conditions = load_encoder(model.config.text_encoder).condition(params.prompts)
+    else:
+        text = tokenizer.encode_batch(params.prompts, model.config.text_seq_length)
     result = generate(
         model,
         text,
+        conditions=conditions,
         images_num=params.images_per_prompt,
         top_k=min(params.top_k, model.config.image_vocab_size),
         top_p=params.top_p,
@@ -207,6 +222,34 @@ def sample_sheet(
     )
     images = to_uint8(vqgan.decode(result.codes))
     return image_grid(images, columns=params.images_per_prompt)
+
+
+def conditioned_pairs(model: Dalle, tokens: Path, max_val: int) -> tuple[PairSet, PairSet]:
+    """Training and validation pairs of an encoder-conditioned model, from the tokenize stage's
+    caption pairs (`emojich.train.pairs`); validation holds the names of held-out emoji."""
+    cfg = model.config
+    if not (tokens / PAIRS_TENSORS).is_file():
+        raise ValueError(
+            f"the {cfg.text_encoder} model needs caption pairs; set tokenize.text.encoder: {cfg.text_encoder}"
+        )
+    rows, codes, vectors = read_pairs(tokens)
+    if vectors.shape[-1] != cfg.condition_dim:
+        raise ValueError(f"caption vectors are {vectors.shape[-1]}-d, the model reads {cfg.condition_dim}")
+    if len(codes) and int(codes.max()) >= cfg.image_vocab_size:
+        raise ValueError("caption pairs hold codes of another image tokenizer than this model's")
+
+    def subset(chosen: list[int]) -> PairSet:
+        return PairSet(
+            model.blank_text(len(chosen)),
+            codes[chosen].long(),
+            [rows[i]["caption"] for i in chosen],
+            0,
+            vectors[chosen],
+        )
+
+    train = [i for i, row in enumerate(rows) if row["split"] == "train"]
+    val = [i for i, row in enumerate(rows) if row["split"] != "train" and row["kind"] == "name"][:max_val]
+    return subset(train), subset(val)
 
 
 def resume_dir(out: Path) -> Path:
@@ -231,7 +274,12 @@ def finetune(
     tokenizer = TextTokenizer.load(tokens / "bpe.json")
     vqgan = VQGan.load(tokens / "vqgan.safetensors").eval()
     torch.manual_seed(params.train.seed)
-    model, variant = build_model(params.model, tokenizer, vqgan)
+    memory = None
+    if DalleConfig.preset(params.model.preset).conditioned and (tokens / PAIRS_TENSORS).is_file():
+        memory = memory_table(*read_pairs(tokens)[::2])
+    model, variant = build_model(
+        params.model, tokenizer, vqgan, (len(memory[0]), memory[2]) if memory else (0, 0)
+    )
     model.to(device)
     frozen = freeze_for_finetune(model, params.freeze)
     cfg = model.config
@@ -244,8 +292,17 @@ def finetune(
             [captions[i] for i in rows], codes[rows], tokenizer, cfg.text_seq_length, cfg.image_vocab_size
         )
 
-    train = subset("train", params.images_per_caption)
-    val = subset("val", limit=params.eval.max_val_pairs)
+    if cfg.conditioned:
+        train, val = conditioned_pairs(model, tokens, params.eval.max_val_pairs)
+        if not params.model.weights and model.caption_projection is not None:
+            # From scratch: whiten by the training captions and fill the caption memory's keys (a
+            # resumed run restores these buffers with the checkpoint).
+            model.caption_projection.fit_whitening(torch.unique(train.conditions[:, 0], dim=0))
+            if model.caption_memory is not None and memory is not None:
+                model.caption_memory.set_keys(memory[0], memory[1])
+    else:
+        train = subset("train", params.images_per_caption)
+        val = subset("val", limit=params.eval.max_val_pairs)
     if len(train) == 0:
         raise ValueError("the training split is empty: nothing to fine-tune on")
     log.info(

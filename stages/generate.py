@@ -35,10 +35,11 @@ from emojich.foundation.logs import setup_logging
 from emojich.foundation.params import from_dict, load_section
 from emojich.foundation.records import METRICS_DIR, PROVENANCE_FILE, pick
 from emojich.foundation.storage import write_json_atomic
-from emojich.generate.cell import SamplingCell
+from emojich.generate.grid import SamplingCell
 from emojich.generate.loading import load_models
 from emojich.generate.prompts import read_prompts
 from emojich.generate.run import write_cell
+from emojich.text.prompt_sets import read_prompt_set
 
 log = logging.getLogger("stages.generate")
 
@@ -72,9 +73,13 @@ class GenerateParams:
     # The outputs are the same bytes whatever the count.
     nproc_per_node: int = 1
     grid: GridParams = dataclasses.field(default_factory=GridParams)
+    # Evaluation sets of prompts the model never trained on (prompts/*.tsv): each cell samples
+    # `eval_attempts` images per prompt and reports how many show the intended emoji.
+    eval_sets: list[str] = dataclasses.field(default_factory=list)
+    eval_attempts: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("attempts", "keep_best", "batch_size", "sheet_thumb"):
+        for name in ("attempts", "keep_best", "batch_size", "sheet_thumb", "eval_attempts"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"generate.{name} must be an integer >= 1, got {value!r}")
@@ -100,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         params = from_dict(GenerateParams, load_section("generate", args.params), "generate")
         cell = SamplingCell(args.top_k, args.top_p, args.temperature, args.seed, params.guidance)
         prompt_list = read_prompts(params.prompts)
+        prompt_sets = [read_prompt_set(path) for path in params.eval_sets]
         if params.nproc_per_node > 1 and not distributed.launched():
             return distributed.relaunch(
                 "stages.generate", sys.argv[1:] if argv is None else argv, params.nproc_per_node
@@ -129,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                 reference=load_reference(tokens) if distributed.is_main() else None,
                 record=PROVENANCE_FILE,
                 timing_file=None,
+                prompt_sets=prompt_sets,
+                set_attempts=params.eval_attempts,
             )
         if metrics:  # rank 0: write_cell wrote the whole record as provenance.json; this is its summary
             write_json_atomic(
@@ -144,13 +152,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# Caption retrieval as a person compares it: learnt and held-out captions beside real emoji and chance.
-FIDELITY_KEYS = ("train_top10", "held_out_top10", "real_val_top10", "chance_top10")
+# Caption retrieval as a person compares it: learnt and held-out captions, the evaluation sets,
+# beside real emoji and chance.
+FIDELITY_KEYS = (
+    "train_top10",
+    "held_out_top10",
+    "phrasings_top10",
+    "colours_hit",
+    "appendix_prompts_top10",
+    "real_val_top10",
+    "chance_top10",
+)
 
 
 def summary(record: dict) -> dict:
     """The numbers a person compares between cells (the rest stays in provenance.json)."""
-    keys = ("mean_score", "mean_score_kept", "diversity")
+    keys = ("mean_score_kept", "diversity_kept")
     return {**pick(record, keys), **pick(record.get("fidelity", {}), FIDELITY_KEYS)}
 
 

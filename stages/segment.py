@@ -143,7 +143,7 @@ def find_generated(pattern: str) -> list[Path]:
 def grid_cells(grid: Mapping[str, Sequence[object]]) -> list[str]:
     """Folder names of the cells dvc.yaml's `matrix` expands `generate.grid` into
     (`k${item.top_k}-p${item.top_p}-t${item.temperature}-s${item.seed}`)."""
-    from emojich.generate.cell import SamplingCell
+    from emojich.generate.grid import SamplingCell
 
     product = itertools.product(grid["top_k"], grid["top_p"], grid["temperature"], grid["seed"])
     return [SamplingCell(k, p, t, s).name for k, p, t, s in product]  # type: ignore[arg-type]

@@ -5,6 +5,10 @@ Paper profile: the published Sber VQGAN and `bpe.model` are loaded from local pa
 Fine-tuning then reads `codes.safetensors` and never re-encodes an image per epoch.
 `thumbnails.safetensors` holds every image's 16 x 16 thumbnail, row-aligned with `index.csv`:
 the reference set of the fidelity measure (`emojich.fidelity.retrieval`) in `generate`.
+
+With a text encoder (`text.encoder`, the demo), `pairs.csv` and `pairs.safetensors` hold every
+training caption (names, distinctive CLDR keywords, inflections, colour phrases on recoloured
+images) with its image codes and caption vector (`emojich.train.pairs`).
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from emojich.data.russian import cldr_key, load_cldr_keywords
 from emojich.fidelity.colour import block_delta_e
 from emojich.fidelity.retrieval import THUMBNAILS_FILE, thumbnails
 from emojich.foundation.imageset import image_grid, load_images, save_png
-from emojich.foundation.layout import IMAGES_DIR, RGB_KIND
+from emojich.foundation.layout import IMAGES_DIR, RGB_KIND, sequence_of
 from emojich.foundation.logs import setup_logging
 from emojich.foundation.params import from_dict, load_section
 from emojich.foundation.records import METRICS_DIR, PROVENANCE_FILE, pick, write_records
@@ -38,6 +43,10 @@ from emojich.models.vqgan import (
     train_vqgan,
 )
 from emojich.text.bpe import TextTokenizer
+from emojich.text.captions import CaptionConfig
+from emojich.text.encoder import encoder_provenance, load_encoder
+from emojich.text.prompt_sets import read_prompt_set
+from emojich.train.pairs import CaptionPairs, ColourConfig, build_caption_pairs, write_pairs
 
 UPSCALED = Path("data/upscaled")
 OUT = Path("data/tokens")
@@ -59,12 +68,29 @@ class ImageTokenizerParams:
 class TextTokenizerParams:
     bpe_model: str | None = None  # path to the published bpe.model (paper profile)
     vocab_size: int = 1024
+    # A frozen pretrained text encoder whose caption vectors the model reads (demo: use-m3);
+    # None: BPE captions only, as published (paper profile).
+    encoder: str | None = None
+
+
+@dataclasses.dataclass
+class CaptionParams:
+    """Training captions for an encoder-conditioned model (`emojich.text.captions`)."""
+
+    keywords: bool = True
+    max_emoji_per_keyword: int = 2
+    inflections: bool = True
+    colours_per_emoji: int = 2
+    max_colour_emoji: int = 400
+    # A colour evaluation set (prompts/colours.tsv): its (emoji, colour) pairs are never trained.
+    held_out_colours: str | None = None
 
 
 @dataclasses.dataclass
 class TokenizeParams:
     image: ImageTokenizerParams = dataclasses.field(default_factory=ImageTokenizerParams)
     text: TextTokenizerParams = dataclasses.field(default_factory=TextTokenizerParams)
+    captions: CaptionParams = dataclasses.field(default_factory=CaptionParams)
     grid_images: int = 16
     seed: int = 42
 
@@ -140,6 +166,11 @@ def tokenize(
     with atomic_path(out / THUMBNAILS_FILE) as tmp:
         save_file({"thumbnails": thumbnails(images).contiguous()}, str(tmp))
     write_index(rows, out / "index.csv")
+    pair_record = {}
+    if params.text.encoder:
+        pairs = caption_pairs(params, rows, codes, images, model)
+        write_pairs(pairs, out)
+        pair_record = {**pairs.record, **encoder_provenance()}
 
     count = params.grid_images
     # original, reconstruction, original, ...
@@ -163,6 +194,7 @@ def tokenize(
         "text_vocab_size": bpe.vocab_size,
         "vqgan_sha256": sha256_file(out / "vqgan.safetensors"),
         "bpe_sha256": sha256_file(out / "bpe.json"),
+        **pair_record,
     }
     if train_metrics:
         record["train_steps"] = int(train_metrics["steps"])
@@ -170,6 +202,54 @@ def tokenize(
         record["train_loss_last"] = round(train_metrics["loss_last"], 5)
     write_records(metrics or out / "metrics.json", summary(record), out / PROVENANCE_FILE, record)
     return record
+
+
+def caption_pairs(
+    params: TokenizeParams,
+    rows: list[dict[str, str]],
+    codes: torch.Tensor,
+    images: torch.Tensor,
+    model: VQGan,
+) -> CaptionPairs:
+    """Every training caption with its codes and caption vector (`emojich.train.pairs`)."""
+    started = time.perf_counter()
+    cldr = load_cldr_keywords()
+    keywords = {}
+    for row in rows:
+        sequence = sequence_of(row["id"])
+        if sequence is not None:
+            keywords[row["id"]] = cldr.get(cldr_key(sequence), [])
+    held_out = frozenset()
+    if params.captions.held_out_colours:
+        held_out = frozenset(
+            (sequence, prompt.colour)
+            for prompt in read_prompt_set(params.captions.held_out_colours).prompts
+            for sequence in prompt.emoji
+            if prompt.colour
+        )
+    encoder = load_encoder(params.text.encoder)
+    pairs = build_caption_pairs(
+        rows,
+        codes,
+        images,
+        keywords,
+        encode_images=lambda batch: encode_batched(model, batch.float() / 255.0),
+        encode_captions=encoder.encode,
+        captions=CaptionConfig(
+            params.captions.keywords, params.captions.max_emoji_per_keyword, params.captions.inflections
+        ),
+        colours=ColourConfig(params.captions.colours_per_emoji, params.captions.max_colour_emoji, held_out),
+        seed=params.seed,
+    )
+    log.info(
+        "%d caption pairs (%s) in %.1f s",
+        len(pairs),
+        ", ".join(
+            f"{k.removeprefix('captions_')} {v}" for k, v in pairs.record.items() if k.startswith("captions_")
+        ),
+        time.perf_counter() - started,
+    )
+    return pairs
 
 
 def summary(record: dict) -> dict:

@@ -4,9 +4,14 @@ SMOKE = {
     "scrape": {"offline": {"styles": ["twemoji", "openmoji"], "max_emoji": 16, "render_size": 64}},
     "prepare": {"val_fraction": 0.25, "workers": 0},
     "upscale": {"train_steps": 3, "train_batch": 2, "train_patch": 8, "train_images": 8, "eval_images": 4},
-    "tokenize": {"image": {"preset": "tiny", "train_steps": 4, "batch_size": 4}, "text": {"vocab_size": 64}},
+    "tokenize": {
+        "image": {"preset": "tiny", "train_steps": 4, "batch_size": 4},
+        "text": {"vocab_size": 64},
+        "captions": {"max_colour_emoji": 4},
+    },
     "finetune": {
-        "model": {"preset": "tiny"},
+        # The demo's text path (a frozen encoder's caption vectors) at tiny size.
+        "model": {"preset": "tiny-encoder"},
         "train": {"max_steps": 4, "batch_size": 4, "checkpoint_every": 2},
         "eval": {
             "every": 2,
@@ -22,6 +27,8 @@ SMOKE = {
         "keep_best": 1,
         "batch_size": 8,
         "sheet_thumb": 32,
+        "eval_sets": ["prompts/colours.tsv"],
+        "eval_attempts": 1,
         "grid": {"top_k": [8, 32], "top_p": [0.995], "temperature": [1.0], "seed": [42]},
     },
     "segment": {

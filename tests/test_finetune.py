@@ -20,11 +20,11 @@ from emojich.train.finetune import (
     build_pairs,
     caption_loss,
     freeze_for_finetune,
-    limit_per_caption,
     pair_loss,
     ranking_loss,
 )
 from emojich.train.loop import TrainConfig, Trainer
+from emojich.train.pairs import limit_per_caption
 from stages.finetune import EvalParams, FinetuneParams, ModelParams, build_model, finetune
 from stages.tokenize import ImageTokenizerParams, TokenizeParams, tokenize
 

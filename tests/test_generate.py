@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from emojich import cli
-from emojich.generate.cell import SamplingCell, code_diversity, rank_by_score
+from emojich.generate.cell import code_diversity, rank_by_score
+from emojich.generate.grid import SamplingCell
 from emojich.generate.loading import DWT_DECODER, LANCZOS_FALLBACK, SELF_TRAINED, TARGET_SIZE, load_models
 from emojich.generate.prompts import PromptList, check_prompt, parse_prompts, read_prompts, require_prompt
 from emojich.generate.records import CODES_FILE, read_codes

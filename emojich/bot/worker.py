@@ -71,6 +71,10 @@ class Task(Protocol):
 
 # ----- the real tasks -----
 
+# Longest caption (in BPE tokens) the bot passes to a model that reads a sentence encoder: the
+# encoder reads any length, this only keeps a pasted paragraph from being taken for a caption.
+CONDITIONED_MAX_TOKENS = 48
+
 
 @dataclasses.dataclass
 class ModelGenerator:
@@ -96,13 +100,15 @@ class ModelGenerator:
         )
         config = self.models.dalle.config
         return ModelInfo(
-            text_tokens=config.text_seq_length - 2,  # bos and eos take two places
+            # A model that reads a text encoder has no text length to fit; the BPE path does.
+            text_tokens=CONDITIONED_MAX_TOKENS if config.conditioned else config.text_seq_length - 2,
             bpe=self.paths.bpe,
             description=f"{Path(self.paths.checkpoint).name}, 512 px by {self.models.output_method}",
         )
 
     def __call__(self, request: GenerationRequest) -> GenerationResult:
-        from emojich.generate.cell import SamplingCell, sample_cell
+        from emojich.generate.cell import sample_cell
+        from emojich.generate.grid import SamplingCell
         from emojich.generate.records import write_ranked_images
 
         params = self.params

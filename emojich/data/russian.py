@@ -174,6 +174,40 @@ def read_cldr_annotations(path: Path) -> dict[str, str]:
     return names
 
 
+def read_cldr_keywords(path: Path) -> dict[str, list[str]]:
+    """One cldr-json annotations file: {cldr_key: keywords} from each emoji's "default" list."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    (table,) = data.values()
+    return {
+        cldr_key(sequence): [word.strip() for word in entry.get("default") or [] if word.strip()]
+        for sequence, entry in table["annotations"].items()
+    }
+
+
+def load_cldr_keywords(npm_dir: Path = NPM_DIR, pins: Path = CLDR_PINS) -> dict[str, list[str]]:
+    """CLDR's Russian keywords per emoji (about five: 🐇 зайчик, заяц, кролик), keyed by `cldr_key`."""
+    keywords: dict[str, list[str]] = {}
+    for package in cldr_packages(pins):
+        path = _checked_file(npm_dir, package)
+        for key, words in read_cldr_keywords(path).items():
+            keywords.setdefault(key, words)
+    return keywords
+
+
+def _checked_file(npm_dir: Path, package: CldrPackage) -> Path:
+    """The package's annotations file, if `make setup` fetched exactly the pinned version."""
+    folder = npm_dir / package.name
+    path = folder / package.annotations
+    marker = folder / INTEGRITY_MARKER
+    if not path.is_file() or not marker.is_file():
+        raise SourceUnavailable(f"{package.name}@{package.version} not found in {folder}; run `make setup`")
+    if marker.read_text(encoding="utf-8").strip() != package.integrity:
+        raise SourceUnavailable(
+            f"{folder} holds another version than the pinned {package.name}@{package.version}; run `make setup`"
+        )
+    return path
+
+
 def load_cldr_names(npm_dir: Path = NPM_DIR, pins: Path = CLDR_PINS) -> dict[str, str]:
     """CLDR's Russian short names keyed by `cldr_key`, from the pinned packages.
 
@@ -182,17 +216,7 @@ def load_cldr_names(npm_dir: Path = NPM_DIR, pins: Path = CLDR_PINS) -> dict[str
     """
     names: dict[str, str] = {}
     for package in cldr_packages(pins):
-        folder = npm_dir / package.name
-        path = folder / package.annotations
-        marker = folder / INTEGRITY_MARKER
-        if not path.is_file() or not marker.is_file():
-            raise SourceUnavailable(
-                f"{package.name}@{package.version} not found in {folder}; run `make setup`"
-            )
-        if marker.read_text(encoding="utf-8").strip() != package.integrity:
-            raise SourceUnavailable(
-                f"{folder} holds another version than the pinned {package.name}@{package.version}; run `make setup`"
-            )
+        path = _checked_file(npm_dir, package)
         for key, caption in read_cldr_annotations(path).items():
             names.setdefault(key, caption)
     return names

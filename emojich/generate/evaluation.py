@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from emojich.fidelity.retrieval import Reference, fidelity_metrics, summarise, thumbnails
+from emojich.fidelity.retrieval import Reference, fidelity_metrics, pixel_spread, summarise, thumbnails
 from emojich.generate.cell import CellRun
 from emojich.generate.loading import Models
 from emojich.generate.rendering import decode
@@ -39,4 +39,8 @@ def measure_fidelity(
     for name in ("top1", "top10"):
         if name in summary:
             metrics[f"train_{name}_kept"] = round(summary[name], 4)
+    # Do the kept images of a prompt differ? Beside how much real emoji differ from each other.
+    spreads = [pixel_spread(t[r.order[:keep]]) for t, r in zip(thumbs, run.prompts, strict=True)]
+    metrics["kept_spread"] = round(float(sum(spreads) / max(len(spreads), 1)), 4)
+    metrics["real_spread"] = round(reference.real_spread(), 4)
     return Fidelity([reference.prompt_kind(p) for p in prompts], ranks, metrics)

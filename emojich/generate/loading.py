@@ -14,11 +14,13 @@ import torch
 from safetensors import safe_open
 
 from emojich.foundation.storage import sha256_file
+from emojich.generate.reading import CaptionReader, Reading
 from emojich.models.dalle import Dalle
 from emojich.models.origin import ORIGIN_KEY, combine, safetensors_origin
 from emojich.models.rrdbnet import RRDBNet
 from emojich.models.vqgan import VQGan
 from emojich.text.bpe import TextTokenizer
+from emojich.text.encoder import CaptionEncoder, encoder_provenance, load_encoder
 from emojich.upscale.superres import needs_super_resolution
 
 TARGET_SIZE = 512  # Telegram stickers and the report's DWT decoder are 512 x 512
@@ -51,6 +53,19 @@ class Models:
     upscaler: RRDBNet | None
     upscaler_variant: str
     provenance: dict[str, str]  # sha256 of every file the images depend on
+    # A conditioned model's frozen text encoder, and what it learnt to read (for "read as").
+    encoder: CaptionEncoder | None = None
+    reader: CaptionReader | None = None
+
+    def caption_vectors(self, prompts: list[str]) -> torch.Tensor | None:
+        """[prompts, 2, dim] caption vectors for a conditioned model; None for a BPE one."""
+        return self.encoder.condition(prompts) if self.encoder is not None else None
+
+    def read(self, prompt: str) -> Reading | None:
+        """How a conditioned model reads a caption (None for a BPE model or without pairs)."""
+        if self.encoder is None or self.reader is None:
+            return None
+        return self.reader.read(prompt, self.encoder.encode)
 
     @property
     def device(self) -> torch.device:
@@ -97,4 +112,9 @@ def load_models(
         origins.append(safetensors_origin(upscaler))
     # Every image says whether stand-in weights drew it, so no result passes for the paper's.
     provenance[ORIGIN_KEY] = combine(origins)
-    return Models(dalle, tokenizer, image_model, sr_model, variant, provenance)
+    encoder = reader = None
+    if cfg.conditioned:
+        encoder = load_encoder(cfg.text_encoder)
+        reader = CaptionReader.load(Path(bpe).parent)
+        provenance.update(encoder_provenance())
+    return Models(dalle, tokenizer, image_model, sr_model, variant, provenance, encoder, reader)

@@ -79,13 +79,17 @@ class PromptCheck:
         return notes
 
 
-def check_prompt(tokenizer: TextTokenizer, text: str, text_seq_length: int) -> PromptCheck:
+def check_prompt(
+    tokenizer: TextTokenizer, text: str, text_seq_length: int, conditioned: bool = False
+) -> PromptCheck:
+    """A conditioned model reads the caption through its text encoder: its text row is padding,
+    and nothing is cut (the BPE counts stay, as a note on unknown symbols)."""
     pieces = tokenizer.tokenize(text)
     return PromptCheck(
         text=text,
-        ids=tokenizer.frame(pieces, text_seq_length),
+        ids=[0] * text_seq_length if conditioned else tokenizer.frame(pieces, text_seq_length),
         tokens=len(pieces),
-        truncated=len(pieces) + 2 > text_seq_length,  # + bos and eos
+        truncated=not conditioned and len(pieces) + 2 > text_seq_length,  # + bos and eos
         unknown_tokens=sum(1 for token in pieces if token == UNK_ID),
         latin_only=is_latin_only(text),
     )

@@ -4,6 +4,7 @@ image), every attempt's score and rank, and all attempts' codes."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from emojich.foundation.storage import (
 )
 from emojich.generate.cell import CellRun
 from emojich.generate.loading import TARGET_SIZE, Models
+from emojich.generate.reading import Reading
 from emojich.generate.rendering import png_bytes, render
 
 
@@ -27,7 +29,14 @@ def image_stem(prompt_index: int, rank: int, attempt: int) -> str:
 
 
 def image_record(
-    run: CellRun, models: Models, prompt_index: int, rank: int, png_sha256: str, *, keep_codes: bool = True
+    run: CellRun,
+    models: Models,
+    prompt_index: int,
+    rank: int,
+    png_sha256: str,
+    *,
+    keep_codes: bool = True,
+    reading: Reading | None = None,
 ) -> dict[str, Any]:
     """The sidecar: everything needed to trace (and regenerate) one image."""
     result = run.prompts[prompt_index]
@@ -52,13 +61,23 @@ def image_record(
         "png_sha256": png_sha256,
         **models.provenance,
     }
+    if reading is not None:
+        record.update(reading.to_record())
     if keep_codes:
         record["codes"] = result.codes[attempt].tolist()
     return record
 
 
-def write_ranked_images(folder: Path, run: CellRun, models: Models, per_prompt: int, batch_size: int) -> list:
-    """The best `per_prompt` images of each prompt as PNG + JSON sidecar; returns pixels per prompt."""
+def write_ranked_images(
+    folder: Path,
+    run: CellRun,
+    models: Models,
+    per_prompt: int,
+    batch_size: int,
+    readings: Mapping[str, Reading | None] | None = None,
+) -> list:
+    """The best `per_prompt` images of each prompt as PNG + JSON sidecar; returns pixels per prompt.
+    `readings`: how the model read each prompt, recorded in its sidecars."""
     folder.mkdir(parents=True, exist_ok=True)
     kept = []
     for prompt_index, result in enumerate(run.prompts):
@@ -68,9 +87,9 @@ def write_ranked_images(folder: Path, run: CellRun, models: Models, per_prompt: 
             data = png_bytes(image)
             stem = image_stem(prompt_index, rank, int(result.order[rank]))
             write_bytes_atomic(folder / f"{stem}.png", data)
-            write_json_atomic(
-                folder / f"{stem}.json", image_record(run, models, prompt_index, rank, sha256_bytes(data))
-            )
+            reading = (readings or {}).get(result.check.text)
+            record = image_record(run, models, prompt_index, rank, sha256_bytes(data), reading=reading)
+            write_json_atomic(folder / f"{stem}.json", record)
         kept.append(pixels)
     return kept
 

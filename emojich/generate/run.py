@@ -5,19 +5,25 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from emojich.fidelity.retrieval import Reference, load_reference
+from emojich.fidelity.sets import set_metrics
 from emojich.foundation import distributed
 from emojich.foundation.device import resolve_device
 from emojich.foundation.storage import write_json_atomic
-from emojich.generate.cell import SamplingCell, cell_metrics, sample_cell, timing
+from emojich.generate.cell import cell_metrics, sample_cell, timing
 from emojich.generate.evaluation import measure_fidelity
+from emojich.generate.grid import SamplingCell
 from emojich.generate.loading import Models, load_models
 from emojich.generate.prompts import PromptList, read_prompts, require_prompt
 from emojich.generate.records import write_attempts, write_ranked_images
+from emojich.generate.rendering import decode
 from emojich.generate.sheets import sheet_rows, write_sheet
+from emojich.text.normalise import normalise_caption
+from emojich.text.prompt_sets import PromptSet
 
 log = logging.getLogger("emojich.generate")
 
@@ -36,13 +42,18 @@ def write_cell(
     reference: Reference | None = None,
     record: str = "metrics.json",
     timing_file: str | None = "timing.json",
+    prompt_sets: Sequence[PromptSet] = (),
+    set_attempts: int = 4,
 ) -> dict[str, Any]:
     """Sample, rank and write one cell into `out` (layout in stages/generate.py); returns its metrics,
     its `notes` and its `timing`.
 
     With a `reference` (the real catalogue), the metrics gain caption retrieval (`fidelity`). The
     metrics go to `out/<record>`; the timing, which differs run to run, to `out/<timing_file>`
-    unless that is None (the pipeline's cells, whose folder other stages read, only log it)."""
+    unless that is None (the pipeline's cells, whose folder other stages read, only log it).
+
+    `prompt_sets` (evaluation sets, `emojich.text.prompt_sets`) are sampled too, `set_attempts`
+    images per prompt, for their generalisation numbers only (`emojich.fidelity.sets`)."""
     if not isinstance(keep_best, int) or keep_best < 1:
         raise ValueError(f"keep_best must be an integer >= 1, got {keep_best!r}")
     keep = min(keep_best, attempts)
@@ -54,21 +65,35 @@ def write_cell(
         models.output_method,
     )
     run = sample_cell(models, prompt_list.prompts, cell, attempts, batch_size, progress)
+    set_runs = [
+        sample_cell(models, [p.text for p in prompt_set.prompts], cell, set_attempts, batch_size, progress)
+        for prompt_set in prompt_sets
+    ]
     if not distributed.is_main():  # its share of the sampling went to rank 0, which writes
         return {}
+    readings = {text: models.read(text) for text in prompt_list.prompts}
+    for text, reading in readings.items():
+        if reading is not None and (reference is None or reference.prompt_kind(text) == "zero-shot"):
+            log.info("«%s» read as: %s", text, reading.text())
     # A run owns its folder: leftovers of an earlier run with other settings must not linger.
     for stale in ("kept", "all"):
         shutil.rmtree(out / stale, ignore_errors=True)
-    kept = write_ranked_images(out / "kept", run, models, keep, batch_size)
+    kept = write_ranked_images(out / "kept", run, models, keep, batch_size, readings)
     if save_all:
-        write_ranked_images(out / "all", run, models, attempts, batch_size)
+        write_ranked_images(out / "all", run, models, attempts, batch_size, readings)
     write_attempts(out / "all", run)
     fidelity = measure_fidelity(reference, run, models, keep, batch_size) if reference else None
     title = f"{run.cell.name} · {models.output_method}"
-    write_sheet(out / "sheet.png", title, sheet_rows(run, kept, fidelity, keep), thumb)
+    groups = {
+        normalise_caption(p.text): prompt_set.name for prompt_set in prompt_sets for p in prompt_set.prompts
+    }
+    write_sheet(out / "sheet.png", title, sheet_rows(run, kept, fidelity, keep, readings, groups), thumb)
     metrics = cell_metrics(run, models, keep, prompt_list.skipped_empty)
     if fidelity is not None:
         metrics["fidelity"] = fidelity.metrics
+        for prompt_set, set_run in zip(prompt_sets, set_runs, strict=True):
+            images = [decode(models, result.codes, batch_size) for result in set_run.prompts]
+            metrics["fidelity"].update(set_metrics(reference, prompt_set, images))
     write_json_atomic(out / record, metrics)
     speed = timing(run)
     if timing_file is not None:

@@ -228,15 +228,16 @@ class IncrementalDecoder:
         return self.model.image_logits(hidden).float()
 
     @torch.inference_mode()
-    def prefill(self, text_ids: torch.Tensor) -> torch.Tensor:
+    def prefill(self, text_ids: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         model, transformer = self.model, self.model.transformer
         text_ids = text_ids.to(self.device)
+        condition = None if condition is None else condition.to(self.device)
         b = text_ids.shape[0]
         if b > self.keys.shape[1]:
             raise ValueError(f"batch of {b} captions exceeds the cache's batch size {self.keys.shape[1]}")
         self.batch, self.image_position = b, 0
         with self._context():
-            x = model.embed_text(model.text_tokens(text_ids))
+            x = model.embed_text(model.text_tokens(text_ids), condition)
             n = x.shape[1]
             for index, (layer, kind) in enumerate(
                 zip(transformer.layers, transformer.layer_masks, strict=True)
@@ -303,6 +304,7 @@ def generate(
     progress: bool = True,
     guidance: float = 1.0,
     image_indices: Sequence[int] | None = None,
+    conditions: torch.Tensor | None = None,
 ) -> SampleResult:
     """Sample `images_num` images per caption.
 
@@ -319,6 +321,9 @@ def generate(
     `image_indices` samples only those images of the caption-major numbering, in that order
     (batches of `batch_size` taken from it), so processes can share one request: a process
     given one of the full run's batches computes it exactly as the full run does.
+
+    A conditioned model (`DalleConfig.conditioned`) takes the captions as encoder vectors
+    `conditions` `[C, 2, condition_dim]` (`CaptionEncoder.condition`) beside all-padding `text_ids`.
     """
     _check_sampling_args(top_k, top_p, temperature)
     if not guidance >= 1.0:
@@ -331,6 +336,10 @@ def generate(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     cfg = model.config
     captions = _as_captions(text_ids, cfg.text_seq_length)
+    if conditions is not None:
+        conditions = torch.as_tensor(conditions, dtype=torch.float32)
+        if len(conditions) != len(captions):
+            raise ValueError(f"{len(conditions)} caption vectors for {len(captions)} captions")
     total = captions.shape[0] * images_num
     steps = cfg.image_seq_length
     # The decoder is sized by the whole request even for a share of it, so a shared batch
@@ -354,10 +363,14 @@ def generate(
                 uniforms = _image_uniforms(seed, indices, steps).to(decoder.device)
                 batch_codes = torch.empty(len(indices), steps, dtype=torch.long, device=decoder.device)
                 nll = torch.zeros(len(indices), device=decoder.device)
-                text = captions[[i // images_num for i in indices]]
+                rows = [i // images_num for i in indices]
+                text = captions[rows]
+                condition = None if conditions is None else conditions[rows]
                 if guided:  # conditional rows first, then the same images without a caption
                     text = torch.cat([text, torch.zeros_like(text)])
-                logits = decoder.prefill(text)
+                    if condition is not None:
+                        condition = torch.cat([condition, torch.zeros_like(condition)])
+                logits = decoder.prefill(text, condition)
                 for j in range(steps):
                     conditional, mixed = logits, None
                     if guided:

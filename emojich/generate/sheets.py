@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -12,7 +12,9 @@ from PIL import Image, ImageDraw, ImageFont
 from emojich.foundation.storage import write_bytes_atomic
 from emojich.generate.cell import CellRun
 from emojich.generate.evaluation import Fidelity
+from emojich.generate.reading import Reading
 from emojich.generate.rendering import png_bytes
+from emojich.text.normalise import normalise_caption
 
 
 @cache
@@ -65,7 +67,12 @@ def write_sheet(dest: Path, title: str, rows: Sequence[tuple[str, Sequence[np.nd
 
 
 def sheet_rows(
-    run: CellRun, kept: Sequence[Sequence[np.ndarray]], fidelity: Fidelity | None, keep: int
+    run: CellRun,
+    kept: Sequence[Sequence[np.ndarray]],
+    fidelity: Fidelity | None,
+    keep: int,
+    readings: Mapping[str, Reading | None] | None = None,
+    groups: Mapping[str, str] | None = None,
 ) -> list:
     """(label, images) per prompt; the label says what kind of prompt it is and how each kept
     image ranked its prompt's caption, so a reader tells learnt emoji from zero-shot probes."""
@@ -73,9 +80,14 @@ def sheet_rows(
     for index, (result, images) in enumerate(zip(run.prompts, kept, strict=True)):
         label = result.check.text
         if fidelity is not None:
-            label += f" · {fidelity.kinds[index]}"
+            kind = fidelity.kinds[index]
+            group = (groups or {}).get(normalise_caption(result.check.text))
+            label += f" · {kind}" if kind != "zero-shot" or group is None else f" · new ({group})"
             ranks = fidelity.ranks[index]
             if ranks:
                 label += " · ranks " + " ".join(str(ranks[int(i)]) for i in result.order[:keep])
+            reading = (readings or {}).get(result.check.text)
+            if fidelity.kinds[index] == "zero-shot" and reading is not None:
+                label += f" · понял как: {reading.text()}"
         rows.append((label, images))
     return rows

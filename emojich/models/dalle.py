@@ -60,6 +60,15 @@ class DalleConfig:
     conv_kernel: int | None = None
     # Mask kind per layer ("row" / "column" / "conv"); None -> the release's rule for this depth.
     layer_masks: tuple[str, ...] | None = None
+    # A frozen pretrained text encoder in place of the BPE caption (not in the release): each
+    # caption comes as two `condition_dim` vectors (the caption, and its subject without colour
+    # words) and the text ids are all padding. 0 / "" keeps the published BPE path exactly.
+    condition_dim: int = 0
+    text_encoder: str = ""
+    # The caption memory of a conditioned model (`CaptionMemory`): training captions it keys on,
+    # and the learnt slots (one per training emoji) they point to. Set from the data.
+    memory_keys: int = 0
+    memory_slots: int = 0
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -82,6 +91,15 @@ class DalleConfig:
         self.layer_masks = tuple(self.layer_masks)
         if len(self.layer_masks) != self.num_layers or not set(self.layer_masks) <= set(MASK_KINDS):
             raise ValueError(f"layer_masks must list one of {MASK_KINDS} per layer, got {self.layer_masks}")
+        if self.condition_dim < 0 or bool(self.condition_dim) != bool(self.text_encoder):
+            raise ValueError("condition_dim and text_encoder go together: both set, or 0 and empty")
+        if bool(self.memory_keys) != bool(self.memory_slots) or (self.memory_keys and not self.condition_dim):
+            raise ValueError("a caption memory needs keys, slots and a text encoder")
+
+    @property
+    def conditioned(self) -> bool:
+        """True when a text encoder's caption vector, not BPE tokens, carries the caption."""
+        return self.condition_dim > 0
 
     @property
     def head_dim(self) -> int:
@@ -127,14 +145,33 @@ class DalleConfig:
                 num_layers=4,
                 hidden_size=256,
                 num_attention_heads=8,
+                # The caption is the frozen encoder's vector projected to these 8 (+1) positions:
+                # no BPE tokens, so a short text part; 1024 + 8 keeps the tokenizer's ids valid.
+                text_seq_length=8,
+                image_tokens_per_dim=8,
+                vocab_size=1024 + 8,
+                image_vocab_size=512,
+                format="v2",
+                loss_img_weight=7,
+                # The demo must learn its emoji, not regularise away from them, so no dropout
+                # (the release's 0.1 suits 1.3B on millions).
+                attention_dropout=0.0,
+                output_dropout=0.0,
+                condition_dim=512,
+                text_encoder="use-m3",
+            ),
+            # The demo's earlier shape: BPE captions learnt from scratch (a lookup table of the
+            # catalogue's names; kept to compare with).
+            "demo-bpe": dict(
+                num_layers=4,
+                hidden_size=256,
+                num_attention_heads=8,
                 text_seq_length=24,
                 image_tokens_per_dim=8,
                 vocab_size=1024 + 24,
                 image_vocab_size=512,
                 format="v2",
                 loss_img_weight=7,
-                # 30 epochs over ~1,800 pairs: the demo must learn its emoji, not regularise
-                # away from them, so no dropout (the release's 0.1 suits 1.3B on millions).
                 attention_dropout=0.0,
                 output_dropout=0.0,
             ),
@@ -164,6 +201,8 @@ class DalleConfig:
                 loss_img_weight=7,
             ),
         }
+        # The demo's text path at tiny size, for smoke runs.
+        presets["tiny-encoder"] = dict(presets["tiny"], format="v2", condition_dim=512, text_encoder="use-m3")
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
         return cls(**presets[name])
@@ -323,6 +362,92 @@ class Transformer(nn.Module):
         return self.final_layernorm(x)
 
 
+class CaptionProjection(nn.Module):
+    """A frozen text encoder's caption vector -> one embedding per text position.
+
+    A small MLP, trained with the transformer, stands where the BPE embeddings stand: captions the
+    encoder places close together (котик, кошка) get close prefixes, so the transformer draws a
+    caption it never saw like the ones it learnt nearest to it.
+
+    The vectors are whitened first with statistics of the training captions (`fit_whitening`,
+    kept in the checkpoint). Sentence encoders put every caption of a kind in one narrow cone
+    (two flags' names are 0.75 alike whatever the countries), so the directions that tell the
+    captions apart are small; whitening makes them as large as the rest, and the MLP learns in
+    hundreds of steps what it would otherwise take thousands to untangle.
+    """
+
+    def __init__(self, cfg: DalleConfig) -> None:
+        super().__init__()
+        self.positions = cfg.text_positions
+        width = 2 * cfg.hidden_size
+        dim = cfg.condition_dim
+        self.register_buffer("mean", torch.zeros(dim))
+        # Identity until fitted; unit vectors have components near 1/sqrt(dim), so the identity is
+        # scaled to give the first layer inputs of about unit size either way.
+        self.register_buffer("whitening", torch.eye(dim) * dim**0.5)
+        self.net = nn.Sequential(
+            nn.Linear(dim, width), nn.GELU(), nn.Linear(width, self.positions * cfg.hidden_size)
+        )
+
+    @torch.no_grad()
+    def fit_whitening(self, vectors: torch.Tensor, shrinkage: float = 0.1) -> None:
+        """ZCA whitening from training caption vectors [N, dim], shrunk towards the identity so
+        directions the captions hardly use are not blown up into noise."""
+        vectors = vectors.double()
+        mean = vectors.mean(dim=0)
+        centred = vectors - mean
+        covariance = centred.T @ centred / max(len(vectors) - 1, 1)
+        covariance += shrinkage * covariance.diagonal().mean() * torch.eye(len(mean), dtype=torch.float64)
+        values, basis = torch.linalg.eigh(covariance)
+        whitening = basis @ torch.diag(values.rsqrt()) @ basis.T
+        self.mean.copy_(mean.to(self.mean.dtype))
+        self.whitening.copy_(whitening.to(self.whitening.dtype))
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        white = (vectors - self.mean.to(vectors.dtype)) @ self.whitening.to(vectors.dtype)
+        return self.net(white).view(len(vectors), self.positions, -1)
+
+
+class CaptionMemory(nn.Module):
+    """What the model learnt to draw, looked up by meaning: a key-value memory over its training
+    captions.
+
+    Keys are the frozen encoder's vectors of the training captions (names, keywords, inflections;
+    fixed, kept in the checkpoint); each points to a learnt slot, one embedding per training emoji.
+    A caption reads the slots through a softmax over its cosine with every key (temperature 0.05):
+    a training caption finds its own emoji's slot, so the model learns each drawing as fast as a
+    lookup table learns it, while a caption it never saw («котик») reads the slots of the captions
+    nearest it («кот», «котенок»). The query is the caption's *subject* (colour words taken out), so
+    «синий кролик» finds the rabbit; the colour reaches the model through `CaptionProjection`.
+    """
+
+    temperature = 0.05
+
+    def __init__(self, cfg: DalleConfig) -> None:
+        super().__init__()
+        self.register_buffer("keys", torch.zeros(cfg.memory_keys, cfg.condition_dim))
+        self.register_buffer("key_slots", torch.zeros(cfg.memory_keys, dtype=torch.long))
+        self.slots = Embedding(cfg.memory_slots, cfg.hidden_size)
+
+    @torch.no_grad()
+    def set_keys(self, keys: torch.Tensor, slots: torch.Tensor) -> None:
+        if keys.shape != self.keys.shape or slots.shape != self.key_slots.shape:
+            raise ValueError(f"memory keys {tuple(keys.shape)} do not fit {tuple(self.keys.shape)}")
+        self.keys.copy_(torch.nn.functional.normalize(keys.float(), dim=1))
+        self.key_slots.copy_(slots)
+
+    def weights(self, subjects: torch.Tensor) -> torch.Tensor:
+        """[b, slots]: how much a caption reads each slot."""
+        similarity = subjects.float() @ self.keys.T / self.temperature
+        per_key = torch.softmax(similarity, dim=-1)
+        per_slot = per_key.new_zeros(len(subjects), self.slots.num_embeddings)
+        return per_slot.index_add_(1, self.key_slots, per_key)
+
+    def forward(self, subjects: torch.Tensor) -> torch.Tensor:
+        """[b, hidden]: the slots a caption's subject reads."""
+        return self.weights(subjects).to(self.slots.weight.dtype) @ self.slots.weight
+
+
 class Dalle(nn.Module):
     def __init__(self, cfg: DalleConfig) -> None:
         super().__init__()
@@ -335,6 +460,9 @@ class Dalle(nn.Module):
         self.image_row_embeddings = Embedding(cfg.image_tokens_per_dim, h)
         self.image_col_embeddings = Embedding(cfg.image_tokens_per_dim, h)
         self.embedding_dropout = nn.Dropout(cfg.embedding_dropout)
+        # Only in conditioned models, so the published files keep exactly their keys.
+        self.caption_projection = CaptionProjection(cfg) if cfg.conditioned else None
+        self.caption_memory = CaptionMemory(cfg) if cfg.memory_keys else None
         self.transformer = Transformer(cfg)
         self.to_logits = nn.Sequential(
             nn.LayerNorm(h, eps=cfg.layernorm_eps), nn.Linear(h, cfg.total_vocab_size)
@@ -376,10 +504,29 @@ class Dalle(nn.Module):
             return e * 0.1 + e.detach() * 0.9
         return e
 
-    def embed_text(self, text_tokens: torch.Tensor) -> torch.Tensor:
+    def embed_text(self, text_tokens: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """Text positions' embeddings; a conditioned model adds what it reads from the caption
+        vectors `condition` `[b, 2, condition_dim]` (the caption, then its subject without colour
+        words; zeros stand for "no caption", as for guidance)."""
         positions = torch.arange(text_tokens.shape[1], device=text_tokens.device)
-        e = self.text_embeddings(text_tokens) + self.text_pos_embeddings(positions)
-        return self.embedding_dropout(self._shrink_gradient(e))
+        e = self._shrink_gradient(self.text_embeddings(text_tokens) + self.text_pos_embeddings(positions))
+        if self.caption_projection is not None:
+            if condition is None or condition.shape != (len(text_tokens), 2, self.config.condition_dim):
+                got = None if condition is None else tuple(condition.shape)
+                raise ValueError(
+                    f"this model needs caption vectors [{len(text_tokens)}, 2, {self.config.condition_dim}], got {got}"
+                )
+            # Not under the embeddings' shrunk gradient: these are what must learn fast.
+            e = e + self.caption_projection(condition[:, 0].to(e.dtype))
+            if self.caption_memory is not None:
+                e = e + self.caption_memory(condition[:, 1])[:, None, :].to(e.dtype)
+        elif condition is not None:
+            raise ValueError("this model reads BPE captions; it takes no caption vectors")
+        return self.embedding_dropout(e)
+
+    def blank_text(self, count: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """All-padding text ids: what a conditioned model reads beside its caption vectors."""
+        return torch.zeros(count, self.config.text_seq_length, dtype=torch.long, device=device)
 
     def embed_image(self, image_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Embed image codes `[b, n]` that sit at image positions `start .. start + n - 1`."""
@@ -401,16 +548,21 @@ class Dalle(nn.Module):
     # ----- forward -----
 
     def forward(
-        self, text_ids: torch.Tensor, image_ids: torch.Tensor | None = None, return_loss: bool = False
+        self,
+        text_ids: torch.Tensor,
+        image_ids: torch.Tensor | None = None,
+        return_loss: bool = False,
+        condition: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits `[b, L, vocab_size + image_vocab_size]` at every position, as released.
 
         `image_ids` may hold any prefix of the image (0 .. G*G codes). With `return_loss=True`
-        (full image required) returns `(loss, {"text": ..., "image": ...})` instead.
+        (full image required) returns `(loss, {"text": ..., "image": ...})` instead. A
+        conditioned model also takes the caption vectors `condition` (see `embed_text`).
         """
         cfg = self.config
         tokens = self.text_tokens(text_ids)
-        parts = [self.embed_text(tokens)]
+        parts = [self.embed_text(tokens, condition)]
         if image_ids is None:
             image_ids = text_ids.new_zeros((text_ids.shape[0], 0))
         if image_ids.ndim != 2 or image_ids.shape[1] > cfg.image_seq_length:

@@ -50,12 +50,22 @@ class PairSet:
     codes: torch.Tensor  # [N, grid * grid] long
     captions: list[str]
     truncated: int  # captions cut to fit the text length (they lose their eos)
+    # Caption vectors [N, dim] for a model conditioned on a text encoder (its text rows are padding).
+    conditions: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.captions)
 
+    def rows(self, rows: list[int] | slice) -> PairSet:
+        captions = self.captions[rows] if isinstance(rows, slice) else [self.captions[r] for r in rows]
+        conditions = None if self.conditions is None else self.conditions[rows]
+        return PairSet(self.text[rows], self.codes[rows], captions, 0, conditions)
+
+    def condition(self, rows, device: torch.device) -> torch.Tensor | None:
+        return None if self.conditions is None else self.conditions[rows].to(device)
+
     def head(self, count: int) -> PairSet:
-        return PairSet(self.text[:count], self.codes[:count], self.captions[:count], 0)
+        return self.rows(slice(0, count))
 
     def spread(self, count: int) -> PairSet:
         """Up to `count` pairs with distinct captions, taken evenly over the split.
@@ -69,31 +79,7 @@ class PairSet:
         rows = list(first.values())
         if len(rows) > count:
             rows = [rows[i * len(rows) // count] for i in range(count)]
-        return PairSet(self.text[rows], self.codes[rows], [self.captions[r] for r in rows], 0)
-
-
-SKIN_TONES = ("1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff")  # Fitzpatrick modifiers, as in image ids
-
-
-def limit_per_caption(ids: Sequence[str], captions: Sequence[str], per_caption: int) -> list[int]:
-    """Row indices keeping at most `per_caption` images of each caption (0 keeps all).
-
-    Skin-tone variants share their caption: in the offline catalogue 315 captions have 12 images
-    each (6 tones x 2 styles), nearly half of all images, so unweighted training spends half its
-    steps on people in five skin tones and draws everything as a brown figure. Kept first: images
-    without a tone modifier, then by id, so each style's default rendering is the one kept.
-    """
-    if per_caption <= 0:
-        return list(range(len(ids)))
-    by_caption: dict[str, list[int]] = {}
-    for row, caption in enumerate(captions):
-        by_caption.setdefault(caption, []).append(row)
-
-    def preference(row: int) -> tuple[int, str]:
-        return sum(tone in ids[row] for tone in SKIN_TONES), ids[row]
-
-    kept = [row for rows in by_caption.values() for row in sorted(rows, key=preference)[:per_caption]]
-    return sorted(kept)
+        return self.rows(rows)
 
 
 def build_pairs(
@@ -138,11 +124,19 @@ def pair_loss(pairs: PairSet, device: torch.device, caption_dropout: float = 0.0
 
     def loss(model: Dalle, indices: torch.Tensor):
         text = pairs.text[indices]
+        condition = pairs.conditions[indices] if pairs.conditions is not None else None
         if caption_dropout:
             dropped = torch.rand(len(indices)) < caption_dropout
             text = text.masked_fill(dropped[:, None], TextTokenizer.pad_id)
+            if condition is not None:  # zeros: what guidance feeds as "no caption"
+                condition = condition.masked_fill(dropped[:, None], 0.0)
         rows = distributed.local_rows(len(indices))
-        return model(text[rows].to(device), pairs.codes[indices[rows]].to(device), return_loss=True)
+        return model(
+            text[rows].to(device),
+            pairs.codes[indices[rows]].to(device),
+            return_loss=True,
+            condition=None if condition is None else condition[rows].to(device),
+        )
 
     return loss
 
@@ -154,9 +148,10 @@ def validation_loss(model: Dalle, pairs: PairSet, batch_size: int, device: torch
     model.eval()
     totals = {"loss": 0.0, "text": 0.0, "image": 0.0}
     for start in range(0, len(pairs), batch_size):
-        text = pairs.text[start : start + batch_size].to(device)
-        codes = pairs.codes[start : start + batch_size].to(device)
-        loss, parts = model(text, codes, return_loss=True)
+        batch = slice(start, start + batch_size)
+        text = pairs.text[batch].to(device)
+        codes = pairs.codes[batch].to(device)
+        loss, parts = model(text, codes, return_loss=True, condition=pairs.condition(batch, device))
         count = len(text)
         totals["loss"] += float(loss) * count
         totals["text"] += float(parts["text"]) * count
@@ -166,11 +161,13 @@ def validation_loss(model: Dalle, pairs: PairSet, batch_size: int, device: torch
 
 
 @torch.no_grad()
-def image_log_likelihood(model: Dalle, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+def image_log_likelihood(
+    model: Dalle, text: torch.Tensor, codes: torch.Tensor, condition: torch.Tensor | None = None
+) -> torch.Tensor:
     """log p(image codes | caption) under the model, per row."""
     cfg = model.config
     tokens = model.text_tokens(text)
-    logits = model(text, codes).float()
+    logits = model(text, codes, condition=condition).float()
     labels = torch.cat((tokens[:, 1:], codes), dim=1)
     t = cfg.text_seq_length
     image_lp = F.log_softmax(logits[:, t : labels.shape[1], cfg.vocab_size :], dim=-1)
@@ -214,7 +211,8 @@ def caption_loss(
         rows = [row] + [first_row[others[i]] for i in picks]
         text = pairs.text[rows].to(device)
         codes = pairs.codes[row].expand(len(rows), -1).to(device)
-        rows_scores.append(image_log_likelihood(model, text, codes).double().cpu())
+        scores = image_log_likelihood(model, text, codes, pairs.condition(rows, device))
+        rows_scores.append(scores.double().cpu())
     model.train(was_training)
     scores = torch.stack(rows_scores)  # [pairs, candidates], own caption first
     top1 = float((scores[:, 0] > scores[:, 1:].max(dim=1).values).double().mean())

@@ -1,0 +1,158 @@
+"""The encoder-conditioned model, "read as", recolouring and the generalisation measures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from emojich.data.recolour import dominant_hue, recolour, recolour_batch
+from emojich.fidelity.retrieval import Reference, shape_features, thumbnails
+from emojich.fidelity.sets import set_metrics
+from emojich.generate.reading import CaptionReader, without_colour_words
+from emojich.generate.sampling import generate
+from emojich.models.dalle import Dalle, DalleConfig
+from emojich.text.colours import BY_NAME, hue_distance
+from emojich.text.encoder import load_encoder
+from emojich.text.prompt_sets import parse_prompt_set
+
+
+@pytest.fixture(scope="module")
+def conditioned() -> Dalle:
+    torch.manual_seed(0)
+    return Dalle(DalleConfig.preset("tiny-encoder")).eval()
+
+
+def test_a_conditioned_model_reads_caption_vectors_and_nothing_else(conditioned):
+    cfg = conditioned.config
+    text = conditioned.blank_text(2)
+    codes = torch.randint(0, cfg.image_vocab_size, (2, cfg.image_seq_length))
+    vectors = torch.randn(2, cfg.condition_dim)
+    loss, parts = conditioned(text, codes, return_loss=True, condition=vectors)
+    assert torch.isfinite(loss) and set(parts) == {"text", "image"}
+    with pytest.raises(ValueError, match="needs caption vectors"):
+        conditioned(text, codes)
+    with pytest.raises(ValueError, match="needs caption vectors"):
+        conditioned(text, codes, condition=torch.randn(2, 7))
+    # The caption changes the prediction: the vectors are read.
+    other = conditioned(text, codes, condition=-vectors)
+    assert not torch.allclose(conditioned(text, codes, condition=vectors), other)
+
+
+def test_the_published_text_path_has_no_projection_and_refuses_vectors():
+    model = Dalle(DalleConfig.preset("tiny"))
+    assert not any(name.startswith("caption_projection") for name in model.state_dict())
+    with pytest.raises(ValueError, match="takes no caption vectors"):
+        model(torch.zeros(1, model.config.text_seq_length, dtype=torch.long), condition=torch.zeros(1, 512))
+
+
+def test_conditioned_sampling_is_deterministic_and_follows_the_caption(conditioned):
+    cfg = conditioned.config
+    vectors = torch.randn(2, cfg.condition_dim, generator=torch.Generator().manual_seed(1))
+    kwargs = dict(images_num=3, top_k=8, top_p=1.0, seed=5, progress=False, batch_size=2)
+    first = generate(conditioned, conditioned.blank_text(2), conditions=vectors, **kwargs)
+    again = generate(conditioned, conditioned.blank_text(2), conditions=vectors, **kwargs)
+    assert torch.equal(first.codes, again.codes) and torch.equal(first.scores, again.scores)
+    # Guidance runs the "no caption" rows with zero vectors beside the caption's.
+    guided = generate(conditioned, conditioned.blank_text(2), conditions=vectors, guidance=2.0, **kwargs)
+    assert guided.codes.shape == first.codes.shape
+    # The same seeds under the other caption draw other images: the caption is what steers them.
+    swapped = generate(conditioned, conditioned.blank_text(2), conditions=vectors.flip(0), **kwargs)
+    assert not torch.equal(swapped.codes, first.codes)
+
+
+@pytest.fixture(scope="module")
+def reader() -> CaptionReader:
+    encoder = load_encoder()
+    captions = ["кошка", "котенок", "кролик", "зайчик", "флаг Япония", "флаг японии", "синее сердце", "банан"]
+    names = ["кошка", "кошка", "кролик", "кролик", "флаг Япония", "флаг Япония", "синее сердце", "банан"]
+    return CaptionReader(captions, names, encoder.encode(captions))
+
+
+def test_a_caption_that_is_no_catalogue_name_is_read_as_its_nearest_emoji(reader):
+    encode = load_encoder().encode
+    assert reader.read("котик", encode).matches[0].name == "кошка"
+    assert reader.read("японский флаг", encode).matches[0].name == "флаг Япония"
+    blue = reader.read("синий кролик", encode)
+    # The colour is read as a word, so the rabbit is found, not «синее сердце».
+    assert blue.text() == "кролик · синий" and blue.confident
+    assert reader.read("кролик синего цвета", encode).text() == "кролик · синий"
+
+
+def test_a_hopeless_caption_says_so_instead_of_pretending(reader):
+    reading = reader.read("квантовая хромодинамика", load_encoder().encode)
+    assert not reading.confident
+    assert reading.text().startswith("не узнал: ближе всего «")
+    assert reading.to_record()["read_as_confident"] is False
+    empty = CaptionReader([], [], torch.zeros(0, 512)).read("котик", load_encoder().encode)
+    assert empty.text().startswith("нечего сопоставить")
+
+
+def test_colour_words_are_taken_out_before_matching():
+    assert without_colour_words("кролик синего цвета") == "кролик"
+    assert without_colour_words("Синяя кошка") == "кошка"
+
+
+def _drawing(colour: tuple[int, int, int], shape: str, side: int = 32) -> np.ndarray:
+    image = np.full((side, side, 3), 255, np.uint8)
+    if shape == "square":
+        image[6:26, 6:26] = colour
+    elif shape == "bar":
+        image[12:20, 2:30] = colour
+    else:  # a cross
+        image[14:18, 4:28] = colour
+        image[4:28, 14:18] = colour
+    image[6:8, 6:26] = (40, 40, 40)  # a dark stroke: light and dark that hue leaves alone
+    return image
+
+
+def test_recolouring_moves_the_hue_and_keeps_the_drawing():
+    red = _drawing((220, 30, 30), "square")
+    blue = recolour(red, BY_NAME["синий"].hue)
+    hue, share = dominant_hue(blue)
+    assert hue is not None and hue_distance(hue, BY_NAME["синий"].hue) < 10 and share > 0.5
+    assert np.array_equal(blue[6:8], red[6:8])  # the dark stroke and the white stay
+    pair = torch.from_numpy(np.stack([red, blue])).permute(0, 3, 1, 2)
+    shapes = shape_features(thumbnails(pair))
+    assert torch.allclose(shapes[0], shapes[1], atol=1.0)  # hue-blind: the same drawing
+    assert dominant_hue(np.full((8, 8, 3), 128, np.uint8))[0] is None  # grey has no hue
+
+
+def _tensor(images: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def test_set_metrics_count_the_intended_emoji_and_the_asked_colour():
+    catalogue = [
+        _drawing((220, 30, 30), "square"),
+        _drawing((30, 160, 40), "bar"),
+        _drawing((240, 200, 20), "cross"),
+    ]
+    reference = Reference.build(
+        thumbnails(_tensor(catalogue)),
+        ["красный квадрат", "зеленая полоса", "желтый крест"],
+        ["train"] * 3,
+        emoji=["🟥", "🟩", "✝"],
+    )
+    phrasings = parse_prompt_set("phrasings", ["квадратик\t🟥", "полоска\t🟩"])
+    right = [_tensor([catalogue[0]]), _tensor([catalogue[1]])]
+    assert set_metrics(reference, phrasings, right, top_k=1)["phrasings_top1"] == 1.0
+    wrong = [_tensor([catalogue[2]]), _tensor([catalogue[0]])]
+    assert set_metrics(reference, phrasings, wrong, top_k=1)["phrasings_top1"] == 0.0
+
+    colours = parse_prompt_set("colours", ["синий квадрат\t🟥\tсиний"])
+    blue_square = recolour(catalogue[0], BY_NAME["синий"].hue)
+    hit = set_metrics(reference, colours, [_tensor([blue_square])], top_k=1)
+    assert hit["colours_hit"] == 1.0 and hit["colours_real_hit"] == 1.0
+    # The right drawing in its own colour is no hit; a blue drawing of another shape neither.
+    assert set_metrics(reference, colours, [_tensor([catalogue[0]])], top_k=1)["colours_hit"] == 0.0
+    blue_bar = recolour(catalogue[1], BY_NAME["синий"].hue)
+    missed = set_metrics(reference, colours, [_tensor([blue_bar])], top_k=1)
+    assert missed["colours_hit"] == 0.0 and missed["colours_hue"] == 1.0
+
+
+def test_recolour_batch_handles_tensors():
+    batch = _tensor([_drawing((220, 30, 30), "square")] * 2)
+    out = recolour_batch(batch, [120.0, 230.0])
+    assert out.shape == batch.shape and out.dtype == torch.uint8
+    assert not torch.equal(out[0], out[1])
