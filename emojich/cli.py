@@ -462,6 +462,7 @@ def _run_standin(args: argparse.Namespace) -> int:
     if args.seed < 0:
         print(f"emojich standin-weights: --seed must be >= 0, got {args.seed}", file=sys.stderr)
         return 2
+    check_output_folder(folder, "DIR")  # before building weights of up to 6 GB
     from emojich.standins import main as write_standins
 
     try:
