@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from emojich.foundation.input_checks import (
     check_output_file,
     check_output_folder,
 )
+from emojich.foundation.logs import setup_logging
 
 if TYPE_CHECKING:
     from emojich.foundation.shards import ShardReader
@@ -482,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return 2
+    # Warnings (a truncated or Latin-only prompt, a clamped top_k) are logged where they arise and
+    # shown once, on stderr; `emojich bot` sets up its own logging.
+    setup_logging(logging.WARNING)
     try:
         return int(args.handler(args) or 0)
     except InputError as error:
