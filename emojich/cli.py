@@ -151,7 +151,9 @@ def _add_lineage_command(commands: argparse._SubParsersAction) -> None:
         "lineage",
         help="trace a sticker, generated image, checkpoint or dataset image back to its sources",
         description="Print and verify the chain from PATH back to its prompt, checkpoint, training data, "
-        "source images, the DVC stages and the git commit. Exit status 1 when the chain breaks.",
+        "source images, the DVC stages and the git commit, one line per link. Stickers and images from "
+        "`emojich sticker`, `emojich generate` or the bot are traced through their JSON sidecars, "
+        "wherever they lie. Exit status 1 when the chain breaks; each break says which link and why.",
     )
     lineage.add_argument(
         "path",
@@ -160,7 +162,9 @@ def _add_lineage_command(commands: argparse._SubParsersAction) -> None:
         "e.g. data/prepared/images/prepared-00000.tar:twemoji-1f600.rgb.png",
     )
     lineage.add_argument(
-        "--json", action="store_true", help="machine-readable output (default: off, text for people)"
+        "--json",
+        action="store_true",
+        help="every fact of every link in full, as JSON (default: off, one summarised line per link)",
     )
     lineage.add_argument(
         "--root", default=".", help="the project checkout (default: %(default)s, the current folder)"
