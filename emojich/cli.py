@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from emojich import __version__
+from emojich.bot.texts import EXAMPLE, EXAMPLES  # plain strings: no need for the bot's optional extra
 from emojich.foundation.input_checks import (
     InputError,
     check_count,
@@ -308,7 +309,7 @@ def _add_generate_command(commands: argparse._SubParsersAction) -> None:
         description="Sample N images per prompt, rank them by score (mean NLL, lower is better) and "
         "write 512 px PNGs, JSON sidecars and a contact sheet into OUT.",
     )
-    generate.add_argument("prompts", nargs="*", metavar="PROMPT", help="e.g. «розовая альпака улыбается»")
+    generate.add_argument("prompts", nargs="*", metavar="PROMPT", help=f"e.g. {EXAMPLES}")
     generate.add_argument("--prompts-file", metavar="PATH", help="more prompts, one per line (default: none)")
     generate.add_argument(
         "-n",
@@ -392,6 +393,8 @@ def _add_generate_command(commands: argparse._SubParsersAction) -> None:
 
 def _check_generate(args: argparse.Namespace) -> None:
     """Everything about `generate`'s arguments that can be known before the models load."""
+    if any(not text.strip() for text in args.prompts):
+        raise InputError(f"the prompt is empty; give a caption such as {EXAMPLE}")
     max_images = args.max_images if args.max_images is not None else _max_images_default()
     check_count(
         args.images,

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+# The captions every help text and `emojich generate --help` suggest: ones the installed demo
+# model draws (it learnt the catalogue's captions by heart and cannot compose new ones), so a
+# newcomer's first try works. The only place they are written; change them here.
+EXAMPLE_CAPTIONS = ("снеговик", "кошка", "флаг Японии", "синий кролик")
+
+
+def _quoted(captions: tuple[str, ...]) -> str:
+    return ", ".join(f"«{caption}»" for caption in captions)
+
+
+EXAMPLE = f"«{EXAMPLE_CAPTIONS[0]}»"
+EXAMPLES = _quoted(EXAMPLE_CAPTIONS)
+
 HELP = (
     "Я рисую эмодзи-стикеры по подписи на русском языке.\n\n"
     "/newpack Название — начать новый набор стикеров\n"
-    "Затем пришлите подпись, например: «розовая альпака улыбается». Я нарисую несколько вариантов, "
+    f"Затем пришлите подпись, например: {EXAMPLES}. Я нарисую несколько вариантов, "
     "вы выберете один и эмодзи к нему, и стикер появится в наборе.\n\n"
     "/status — ваше место в очереди\n"
     "/mypacks — ваши наборы\n"
@@ -17,11 +30,11 @@ START = "Привет! " + HELP
 ASK_TITLE = "Как назвать набор? Пришлите название (до 64 символов)."
 TITLE_EMPTY = "Название не может быть пустым. Пришлите название набора."
 TITLE_LONG = "Название длиннее 64 символов. Пришлите покороче."
-PACK_STARTED = "Набор «{title}» начат. Пришлите подпись к первому стикеру, например: «кошка улыбается»."
+PACK_STARTED = "Набор «{title}» начат. Пришлите подпись к первому стикеру, например: " + EXAMPLE + "."
 NO_PACK = "Сначала начните набор: /newpack Название"
 
-CAPTION_EMPTY = "Подпись пустая. Опишите стикер словами, например: «кошка улыбается»."
-CAPTION_ONLY_EMOJI = "В подписи только эмодзи. Опишите стикер словами, например: «кошка улыбается»."
+CAPTION_EMPTY = f"Подпись пустая. Опишите стикер словами, например: {EXAMPLE}."
+CAPTION_ONLY_EMOJI = f"В подписи только эмодзи. Опишите стикер словами, например: {EXAMPLE}."
 CAPTION_LONG = (
     "Подпись слишком длинная: {tokens} токенов, а модель читает не больше {max_tokens}. Сократите её."
 )
