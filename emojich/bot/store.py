@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     day TEXT NOT NULL,           -- UTC date, for the daily quota
     created_at TEXT NOT NULL,
     started_at TEXT,
-    seconds REAL,                -- generation time, for /status estimates
+    seconds REAL,                -- the worker's wall time for the job, for the wait estimates
     candidates TEXT,             -- JSON list of image paths, best first
     notes TEXT,                  -- JSON list of generation warnings
     start_notice_sent INTEGER NOT NULL DEFAULT 0,
@@ -371,11 +371,12 @@ class Store:
             (keyboard_message_id, job_id),
         )
 
-    def mean_seconds(self, last: int = 10) -> float | None:
+    def recent_seconds(self, last: int = 9) -> list[float]:
+        """How long the last `last` timed jobs took, newest first (none before the first job)."""
         rows = self.db.execute(
             "SELECT seconds FROM jobs WHERE seconds IS NOT NULL ORDER BY id DESC LIMIT ?", (last,)
         ).fetchall()
-        return sum(row[0] for row in rows) / len(rows) if rows else None
+        return [float(row[0]) for row in rows]
 
     def pick(self, job_id: int, choice: int) -> bool:
         cursor = self.db.execute(

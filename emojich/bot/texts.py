@@ -46,8 +46,8 @@ UNKNOWN_COMMAND = "Не знаю такой команды. Список ком�
 STALE_BUTTON = "Эта кнопка уже не действует."
 INTERNAL_ERROR = "Что-то пошло не так. Попробуйте ещё раз чуть позже."
 
-QUEUED_NOW = "Подпись принята: «{caption}». Уже рисую варианты, это займёт около {eta}."
-QUEUED = "Подпись принята: «{caption}». Вы {place}-й в очереди, ожидание около {eta}. /status — узнать место."
+QUEUED_NOW = "Подпись принята: «{caption}». Уже рисую варианты, это займёт {eta}."
+QUEUED = "Подпись принята: «{caption}». Вы {place}-й в очереди, ожидание {eta}. /status — узнать место."
 YOUR_TURN = "Ваша очередь подошла: рисую «{caption}»."
 BUSY = "Я ещё рисую вашу прошлую подпись «{caption}». Дождитесь её или отмените: /cancel"
 QUOTA = "На сегодня лимит исчерпан: {quota} подписей в день. Приходите завтра!"
@@ -69,7 +69,7 @@ STICKER_FAILED = "Не получилось добавить стикер: {reas
 
 STATUS_NONE = "Сейчас у вас нет подписей в работе. В очереди всего: {waiting}."
 STATUS_RUNNING = "Рисую вашу подпись «{caption}» прямо сейчас."
-STATUS_QUEUED = "Ваша подпись «{caption}»: {place}-я в очереди, ожидание около {eta}."
+STATUS_QUEUED = "Ваша подпись «{caption}»: {place}-я в очереди, ожидание {eta}."
 STATUS_READY = "Варианты для «{caption}» готовы — выберите один выше."
 STATUS_QUOTA = "Сегодня использовано {used} из {quota} подписей."
 
@@ -82,9 +82,12 @@ MYPACK_LINE = "• «{title}» — {count} стик. — https://t.me/addsticker
 MYPACK_EMPTY_LINE = "• «{title}» — пока пустой"
 
 
-def eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "минуты"
+def eta(seconds: float) -> str:
+    """A wait as a person says it: to the second while short, coarser as it grows."""
+    if seconds < 1.5:
+        return "около секунды"
+    if seconds < 10:
+        return f"около {round(seconds)} с"
     if seconds < 60:
-        return f"{max(5, round(seconds / 5) * 5)} с"
-    return f"{round(seconds / 60)} мин"
+        return f"около {round(seconds / 5) * 5} с"
+    return f"около {round(seconds / 60)} мин"
