@@ -22,19 +22,15 @@ from emojich.bot.worker import GenerationRequest, GenerationResult
 log = logging.getLogger("emojich.bot.dispatch")
 
 
-def candidates_keyboard(job_id: int, count: int) -> InlineKeyboardMarkup:
+def candidates_keyboard(job_id: int, count: int, regenerate: bool = True) -> InlineKeyboardMarkup:
+    """Pick 1..count, then "more" (left out once it is known to draw the same again) and "skip"."""
     picks = [
         InlineKeyboardButton(str(number), callback_data=f"pick:{job_id}:{number}")
         for number in range(1, count + 1)
     ]
+    more = [InlineKeyboardButton(texts.REGENERATE, callback_data=f"regen:{job_id}")] if regenerate else []
     return InlineKeyboardMarkup(
-        [
-            picks,
-            [
-                InlineKeyboardButton(texts.REGENERATE, callback_data=f"regen:{job_id}"),
-                InlineKeyboardButton(texts.SKIP, callback_data=f"skip:{job_id}"),
-            ],
-        ]
+        [picks, [*more, InlineKeyboardButton(texts.SKIP, callback_data=f"skip:{job_id}")]]
     )
 
 
@@ -73,7 +69,9 @@ class Dispatcher:
                     seconds,
                     result.seconds,
                 )
-                if not store.finish_generation(job.id, result.images, result.notes, seconds):
+                if not store.finish_generation(
+                    job.id, result.images, result.notes, seconds, result.new_image_chance
+                ):
                     return  # cancelled while it was drawn: the user asked not to hear about it
             await self.deliver(store.job(job.id), application.bot)
         except Exception as error:

@@ -28,7 +28,7 @@ from telegram.ext import (
 from telegram.warnings import PTBUserWarning
 
 from emojich.bot import texts
-from emojich.bot.dispatch import Dispatcher
+from emojich.bot.dispatch import Dispatcher, candidates_keyboard
 from emojich.bot.maker import StickerMaker
 from emojich.bot.rules import RuleError, check_caption, check_title, parse_emoji_list, propose_emoji
 from emojich.bot.services import Services
@@ -221,6 +221,15 @@ class Handlers:
             )
             await query.message.reply_text(texts.ASK_EMOJI, reply_markup=keyboard)
             return EMOJI
+        if action == "regen" and job.new_image_chance == 0:
+            # Every attempt drew an image another attempt drew too: new seeds would give these
+            # same images again, so nothing is drawn and nothing counts against the quota.
+            await query.answer()
+            await query.edit_message_reply_markup(
+                candidates_keyboard(job.id, len(job.candidates), regenerate=False)
+            )
+            await query.message.reply_text(texts.SAME_AGAIN.format(caption=job.caption))
+            return CAPTION
         if not self.store.set_status(job.id, "skipped", only_from=("delivered",)):
             return await self._stale(update, context)
         await query.answer()

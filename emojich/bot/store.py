@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at TEXT,
     seconds REAL,                -- the worker's wall time for the job, for the wait estimates
     candidates TEXT,             -- JSON list of image paths, best first
+    new_image_chance REAL,       -- chance that one more attempt draws an unseen image (0: never)
     notes TEXT,                  -- JSON list of generation warnings
     start_notice_sent INTEGER NOT NULL DEFAULT 0,
     media_sent INTEGER NOT NULL DEFAULT 0,
@@ -82,6 +83,11 @@ CREATE TABLE IF NOT EXISTS blobs (
     value TEXT NOT NULL
 );
 """
+
+# Columns added since the first release: a state file made before them gains them when opened.
+ADDED_COLUMNS = {
+    "jobs": {"new_image_chance": "REAL"},
+}
 
 # Jobs that hold a place in the queue (and count as the user's one active job).
 WAITING = ("queued", "running", "generated")
@@ -114,6 +120,7 @@ class Job:
     keyboard_message_id: int | None
     choice: int | None
     emoji: list[str]
+    new_image_chance: float | None  # None: not measured (a job from before the column existed)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -133,6 +140,7 @@ class Job:
             keyboard_message_id=row["keyboard_message_id"],
             choice=row["choice"],
             emoji=json.loads(row["emoji"] or "[]"),
+            new_image_chance=row["new_image_chance"],
         )
 
 
@@ -174,9 +182,17 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a sent message must stay recorded through a crash
         self.db.executescript(SCHEMA)
+        self._add_missing_columns()
 
     def close(self) -> None:
         self.db.close()
+
+    def _add_missing_columns(self) -> None:
+        for table, columns in ADDED_COLUMNS.items():
+            have = {row["name"] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns.items():
+                if name not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -353,12 +369,25 @@ class Store:
     def mark_start_notice(self, job_id: int) -> None:
         self.db.execute("UPDATE jobs SET start_notice_sent = 1 WHERE id = ?", (job_id,))
 
-    def finish_generation(self, job_id: int, candidates: list[str], notes: list[str], seconds: float) -> bool:
+    def finish_generation(
+        self,
+        job_id: int,
+        candidates: list[str],
+        notes: list[str],
+        seconds: float,
+        new_image_chance: float | None = None,
+    ) -> bool:
         """Record the candidates; False when the job was cancelled meanwhile (they are then unused)."""
         cursor = self.db.execute(
-            "UPDATE jobs SET status = 'generated', candidates = ?, notes = ?, seconds = ? "
-            "WHERE id = ? AND status = 'running'",
-            (json.dumps(candidates), json.dumps(notes, ensure_ascii=False), seconds, job_id),
+            "UPDATE jobs SET status = 'generated', candidates = ?, notes = ?, seconds = ?, "
+            "new_image_chance = ? WHERE id = ? AND status = 'running'",
+            (
+                json.dumps(candidates),
+                json.dumps(notes, ensure_ascii=False),
+                seconds,
+                new_image_chance,
+                job_id,
+            ),
         )
         return cursor.rowcount == 1
 
