@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS users (
     id INTEGER PRIMARY KEY,
     chat_id INTEGER NOT NULL,
     first_seen TEXT NOT NULL,
-    open_pack INTEGER
+    open_pack INTEGER,
+    pending_caption TEXT         -- a caption sent while candidates wait: drawn only if the user says so
 );
 CREATE TABLE IF NOT EXISTS packs (
     id INTEGER PRIMARY KEY,
@@ -86,6 +87,7 @@ CREATE TABLE IF NOT EXISTS blobs (
 
 # Columns added since the first release: a state file made before them gains them when opened.
 ADDED_COLUMNS = {
+    "users": {"pending_caption": "TEXT"},
     "jobs": {"new_image_chance": "REAL"},
 }
 
@@ -235,6 +237,14 @@ class Store:
 
     def close_pack(self, user_id: int) -> None:
         self.db.execute("UPDATE users SET open_pack = NULL WHERE id = ?", (user_id,))
+
+    def set_pending_caption(self, user_id: int, caption: str | None) -> None:
+        """Keep a caption that waits for the user's word (None forgets it)."""
+        self.db.execute("UPDATE users SET pending_caption = ? WHERE id = ?", (caption, user_id))
+
+    def pending_caption(self, user_id: int) -> str | None:
+        row = self._one("SELECT pending_caption FROM users WHERE id = ?", user_id)
+        return row["pending_caption"] if row else None
 
     def pack(self, pack_id: int) -> Pack:
         row = self._one(
