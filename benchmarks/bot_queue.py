@@ -47,6 +47,13 @@ def _round(fake: FakeTelegram, users: list[int], captions: list[str]) -> list[di
     replies = {}
     for user in users:
         reply = fake.wait_for_message(user, lambda message: "text" in message, timeout=600, after=marks[user])
+        if "draw:" in json.dumps(reply.get("reply_markup", {})):
+            # The user's earlier candidates still wait: the bot asks first; draw the new caption.
+            buttons = [b["callback_data"] for row in reply["reply_markup"]["inline_keyboard"] for b in row]
+            data = next(data for data in buttons if data.startswith("draw:"))
+            mark = fake.last_id(user)
+            fake.press(user, reply, data)
+            reply = fake.wait_for_text(user, "Подпись принята", timeout=600, after=mark)
         replies[user] = (reply["text"], time.monotonic() - sent)
         if "Подпись принята" not in reply["text"]:
             raise SystemExit(f"the bot refused the caption: {reply['text']}")

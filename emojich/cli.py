@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from emojich import __version__
+from emojich.bot.texts import EXAMPLE, EXAMPLES  # plain strings: no need for the bot's optional extra
 from emojich.foundation.input_checks import (
     InputError,
     check_count,
@@ -18,6 +20,7 @@ from emojich.foundation.input_checks import (
     check_output_file,
     check_output_folder,
 )
+from emojich.foundation.logs import setup_logging
 
 if TYPE_CHECKING:
     from emojich.foundation.shards import ShardReader
@@ -149,7 +152,9 @@ def _add_lineage_command(commands: argparse._SubParsersAction) -> None:
         "lineage",
         help="trace a sticker, generated image, checkpoint or dataset image back to its sources",
         description="Print and verify the chain from PATH back to its prompt, checkpoint, training data, "
-        "source images, the DVC stages and the git commit. Exit status 1 when the chain breaks.",
+        "source images, the DVC stages and the git commit, one line per link. Stickers and images from "
+        "`emojich sticker`, `emojich generate` or the bot are traced through their JSON sidecars, "
+        "wherever they lie. Exit status 1 when the chain breaks; each break says which link and why.",
     )
     lineage.add_argument(
         "path",
@@ -158,7 +163,9 @@ def _add_lineage_command(commands: argparse._SubParsersAction) -> None:
         "e.g. data/prepared/images/prepared-00000.tar:twemoji-1f600.rgb.png",
     )
     lineage.add_argument(
-        "--json", action="store_true", help="machine-readable output (default: off, text for people)"
+        "--json",
+        action="store_true",
+        help="every fact of every link in full, as JSON (default: off, one summarised line per link)",
     )
     lineage.add_argument(
         "--root", default=".", help="the project checkout (default: %(default)s, the current folder)"
@@ -302,7 +309,7 @@ def _add_generate_command(commands: argparse._SubParsersAction) -> None:
         description="Sample N images per prompt, rank them by score (mean NLL, lower is better) and "
         "write 512 px PNGs, JSON sidecars and a contact sheet into OUT.",
     )
-    generate.add_argument("prompts", nargs="*", metavar="PROMPT", help="e.g. «розовая альпака улыбается»")
+    generate.add_argument("prompts", nargs="*", metavar="PROMPT", help=f"e.g. {EXAMPLES}")
     generate.add_argument("--prompts-file", metavar="PATH", help="more prompts, one per line (default: none)")
     generate.add_argument(
         "-n",
@@ -386,6 +393,8 @@ def _add_generate_command(commands: argparse._SubParsersAction) -> None:
 
 def _check_generate(args: argparse.Namespace) -> None:
     """Everything about `generate`'s arguments that can be known before the models load."""
+    if any(not text.strip() for text in args.prompts):
+        raise InputError(f"the prompt is empty; give a caption such as {EXAMPLE}")
     max_images = args.max_images if args.max_images is not None else _max_images_default()
     check_count(
         args.images,
@@ -462,6 +471,7 @@ def _run_standin(args: argparse.Namespace) -> int:
     if args.seed < 0:
         print(f"emojich standin-weights: --seed must be >= 0, got {args.seed}", file=sys.stderr)
         return 2
+    check_output_folder(folder, "DIR")  # before building weights of up to 6 GB
     from emojich.standins import main as write_standins
 
     try:
@@ -481,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return 2
+    # Warnings (a truncated or Latin-only prompt, a clamped top_k) are logged where they arise and
+    # shown once, on stderr; `emojich bot` sets up its own logging.
+    setup_logging(logging.WARNING)
     try:
         return int(args.handler(args) or 0)
     except InputError as error:

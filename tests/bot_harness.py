@@ -33,6 +33,11 @@ TOKEN = "123456789:TEST-token-never-logged_abcdefghij"
 FAKE_CHECKPOINT_SHA = "f" * 64
 
 
+# Captions the fake draws the same whatever the seed, as the demo model draws the captions it
+# learnt by heart: regenerating them cannot give anything new.
+SAME_EVERY_TIME = ("снеговик",)
+
+
 @dataclasses.dataclass
 class FakeGenerator:
     candidates: int = 4
@@ -49,8 +54,9 @@ class FakeGenerator:
         (out / "started").write_text("", encoding="utf-8")  # lets a test kill the bot mid-job
         time.sleep(self.delay)
         images = []
+        fixed = request.caption in SAME_EVERY_TIME
         for rank in range(self.candidates):
-            hue = ((request.seed * 7 + rank) % 12) / 12
+            hue = ((0 if fixed else request.seed * 7) + rank) % 12 / 12
             colour = tuple(round(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.8, 0.8))
             image = Image.new("RGB", (512, 512), "white")
             ImageDraw.Draw(image).ellipse((96, 96, 416, 416), fill=colour)
@@ -72,7 +78,9 @@ class FakeGenerator:
             }
             write_json_atomic(path.with_suffix(".json"), sidecar)
             images.append(str(path))
-        return GenerationResult(images, [], time.perf_counter() - started)
+        # Like ModelGenerator's: 0 when every attempt's image came up again, here by construction.
+        chance = 0.0 if fixed else 1.0
+        return GenerationResult(images, [], time.perf_counter() - started, chance)
 
 
 def make_config(root: Path, **params: object) -> BotConfig:

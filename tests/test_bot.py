@@ -225,7 +225,9 @@ def test_stale_buttons_are_answered_and_removed(fake, bot):
     fake.say(user, "кошка", "Подпись принята")
     old = _candidates(fake, user)
     after = fake.last_id(user)
-    fake.say(user, "собака", "Подпись принята")  # the newer caption retires the old candidates
+    ask = fake.say(user, "собака", "ещё ждут выбора")
+    fake.press(user, ask, _button(ask, "draw:"))  # drawing the newer caption retires the old candidates
+    fake.wait_for_text(user, "Подпись принята", after=after)
     new = _candidates(fake, user, after)
     answer = _pressed(fake, user, old, _button(old, "pick:"))
     assert answer.params.get("text") == texts.STALE_BUTTON and answer.params.get("show_alert") is True
@@ -273,6 +275,8 @@ def test_regenerate_and_skip(fake, bot):
     store = bot.services.store
     assert store.job(second_job).seed != store.job(first_job).seed  # other images, same caption
     assert store.job(first_job).status == "skipped"
+    groups = [c for c in fake.calls_named("sendMediaGroup") if c.params["chat_id"] == user]
+    assert set(groups[-1].files.values()).isdisjoint(groups[-2].files.values())  # new images, truly
     after = fake.last_id(user)
     fake.press(user, second, _button(second, "skip:"))
     fake.wait_for_text(user, texts.SKIPPED, after=after)
@@ -291,3 +295,61 @@ def test_the_store_survives_the_process_and_a_sticker_path_is_recorded(fake, bot
     for job in store.jobs_in("done"):
         sticker = store.sticker_for(job.id)
         assert sticker is not None and sticker.added and sticker.link_sent and Path(sticker.path).is_file()
+
+
+def _keyboard_of(fake, user, message_id):
+    """The buttons' data under a bot message now (edits applied)."""
+    message = next(m for m in fake.bot_messages(user) if m["message_id"] == message_id)
+    rows = message.get("reply_markup", {}).get("inline_keyboard", [])
+    return [button["callback_data"] for row in rows for button in row]
+
+
+def test_more_variants_of_a_caption_drawn_the_same_every_time_say_so_and_cost_nothing(fake, bot):
+    user = 1060
+    fake.say(user, "/newpack Снеговики", "начат")
+    fake.say(user, "снеговик", "Подпись принята")  # the fake draws it alike whatever the seed
+    keyboard = _candidates(fake, user)
+    after = fake.last_id(user)
+    answer = _pressed(fake, user, keyboard, _button(keyboard, "regen:"))
+    assert answer.params.get("text") is None  # not a stale button: a real answer follows
+    reply = fake.wait_for_text(user, "одно и то же", timeout=10, after=after)
+    assert "снеговик" in reply["text"] and "в лимит" in reply["text"]
+    store = bot.services.store
+    assert [job.caption for job in store.jobs_in("queued") if job.user_id == user] == []
+    assert "Сегодня использовано 1 из 20" in fake.say(user, "/status", "Сегодня")["text"]
+
+    def without_regenerate():
+        buttons = _keyboard_of(fake, user, keyboard["message_id"])
+        return buttons if buttons and not any(data.startswith("regen:") for data in buttons) else None
+
+    buttons = fake.wait_for(without_regenerate, what="the keyboard without the regenerate button")
+    assert any(data.startswith("pick:") for data in buttons)  # the candidates can still be picked
+    fake.press(user, keyboard, _pick(keyboard, 1))
+    fake.wait_for_text(user, "эмодзи", after=after)
+
+
+def test_a_new_caption_asks_before_dropping_the_waiting_candidates(fake, bot):
+    user = 1061
+    fake.say(user, "/newpack Вопрос", "начат")
+    fake.say(user, "кошка", "Подпись принята")
+    first = _candidates(fake, user)
+    ask = fake.say(user, "собака", "ещё ждут выбора", timeout=10)
+    assert "«кошка»" in ask["text"] and "«собака»" in ask["text"]
+    assert {_button(ask, "keep:"), _button(ask, "draw:")}  # both choices offered
+    assert bot.services.store.active_job(user) is None  # nothing queued, nothing dropped yet
+    # Keep: the new caption is not drawn, the candidates stay pickable.
+    after = fake.last_id(user)
+    fake.press(user, ask, _button(ask, "keep:"))
+    fake.wait_for_text(user, "не рисую", after=after)
+    assert bot.services.store.job(int(_button(first, "pick:").split(":")[1])).status == "delivered"
+    # Draw: asked again, the new caption is queued and the old candidates go.
+    ask = fake.say(user, "собака", "ещё ждут выбора", timeout=10)
+    after = fake.last_id(user)
+    fake.press(user, ask, _button(ask, "draw:"))
+    assert "«собака»" in fake.wait_for_text(user, "Подпись принята", after=after)["text"]
+    second = _candidates(fake, user, after)
+    fake.wait_for(lambda: not _keyboard_of(fake, user, first["message_id"]), what="the old keyboard to go")
+    assert _pressed(fake, user, first, _pick(first, 1)).params.get("text") == texts.STALE_BUTTON
+    assert _pressed(fake, user, ask, _button(ask, "draw:")).params.get("text") == texts.STALE_BUTTON
+    fake.press(user, second, _pick(second, 1))
+    fake.wait_for_text(user, "эмодзи", after=after)

@@ -1,6 +1,7 @@
 """Queue and limits with a slow generator: the bot keeps answering, users wait their turn politely."""
 
 import json
+import re
 import time
 
 import pytest
@@ -88,3 +89,26 @@ def test_the_daily_quota_counts_regenerations(fake, bot):
     fake.wait_for_message(user, _has_candidates, timeout=60, after=after)
     assert fake.say(user, "собака", "лимит исчерпан")["text"] == texts.QUOTA.format(quota=3)
     assert "Сегодня использовано 3 из 3" in fake.say(user, "/status", "Сегодня")["text"]
+
+
+def test_wait_estimates_come_from_the_jobs_the_worker_timed(fake, bot):
+    user = 2020
+    fake.say(user, "/newpack Время", "начат")
+    after = fake.last_id(user)
+    first = fake.say(user, "кошка", "Подпись принята")["text"]
+    # Before a job is timed: a first guess, not "about a minute" for a job of seconds.
+    assert "минут" not in first and re.search(r"займёт около (секунды|\d+ с)", first), first
+    keyboard = fake.wait_for_message(user, _has_candidates, timeout=60, after=after)
+    skip = next(
+        b["callback_data"]
+        for row in keyboard["reply_markup"]["inline_keyboard"]
+        for b in row
+        if b["callback_data"].startswith("skip:")
+    )
+    fake.press(user, keyboard, skip)
+    fake.wait_for_text(user, "Пропустили", after=after)
+    # Every job here takes DELAY (2 s) and a little more: the estimate says so, not "about 5 s".
+    second = fake.say(user, "собака", "Подпись принята")["text"]
+    assert re.search(r"займёт около [23] с", second), second
+    status = fake.say(user, "/status", "Сегодня")["text"]
+    assert "Рисую" in status or "готовы" in status

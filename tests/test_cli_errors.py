@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from emojich import cli
@@ -21,12 +25,19 @@ class ModelLoaded(Exception):
 def no_model_loads(monkeypatch):
     import emojich.generate.run
     import emojich.segment.unet
+    import emojich.standins
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise ModelLoaded
 
     monkeypatch.setattr(emojich.segment.unet, "load_unet", refuse)
     monkeypatch.setattr(emojich.generate.run, "load_models", refuse)
+    # The commands that build weights or start worker processes instead of loading a model.
+    monkeypatch.setattr(emojich.standins, "main", refuse)
+    with contextlib.suppress(ImportError):  # python-telegram-bot is an optional extra
+        import emojich.bot.app
+
+        monkeypatch.setattr(emojich.bot.app, "run_bot", refuse)
 
 
 def _one_line_error(capsys, args: list[str], *fragments: str) -> str:
@@ -212,6 +223,47 @@ def test_extract_rejects_an_unwritable_out(tmp_path, capsys):
     args = ["extract", str(tmp_path / "set"), "item-000", "--out"]
     _one_line_error(capsys, [*args, str(blocker / "x.png")], "is a file, not a folder")
     _one_line_error(capsys, [*args, str(tmp_path)], "is a folder")
+
+
+# -- outputs that cannot be written, for every command -----------------------------------------------
+
+# Places whose permission bits say "writable" to root (and os.access agrees) but that refuse new
+# files: an existence or permission check alone lets these through to the end of the work.
+REFUSING = [place for place in ("/proc/emojich-nope", "/sys/emojich-x") if Path(place).parent.is_dir()]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not REFUSING, reason="needs /proc and /sys")
+@pytest.mark.parametrize("place", REFUSING)
+def test_every_command_finds_an_output_it_cannot_write_before_any_work(
+    place, tmp_path, capsys, monkeypatch, image, model_files, no_model_loads
+):
+    """Each command that writes tries its output place first: one line, exit 2, no model loaded."""
+    _one_line_error(
+        capsys, ["generate", "ёж", "--out", place, *model_files], "emojich generate: error:", f"--out {place}"
+    )
+    _one_line_error(capsys, ["sticker", str(image), f"{place}.webp"], "emojich sticker: error:", place)
+    _one_line_error(
+        capsys, ["sticker", str(image), f"{place}.png", "--method", "contour"], "cannot write OUT"
+    )
+    write_shards(tmp_path / "set", "set", [("item-000", {"rgb.png": b"png"})], max_items=2)
+    _one_line_error(
+        capsys, ["extract", str(tmp_path / "set"), "item-000", "--out", f"{place}.png"], "cannot write --out"
+    )
+    _one_line_error(capsys, ["standin-weights", place], "emojich standin-weights: error:", "cannot write DIR")
+
+    pytest.importorskip("telegram")
+    from tests.bot_harness import TOKEN
+
+    monkeypatch.setenv("EMOJICH_BOT_TOKEN", TOKEN)
+    tokens = model_files[1]
+    params = {
+        "bot": {"state_dir": place},
+        "generate": {"checkpoint": model_files[3], "tokens": tokens},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    _one_line_error(
+        capsys, ["bot", "--params", str(tmp_path / "params.yaml")], "emojich bot: error:", "bot.state_dir"
+    )
 
 
 # -- the command itself -----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Lineage on a reproduced smoke pipeline: the full chain, and each kind of tampering named."""
 
+import csv
 import json
 
 import pytest
@@ -7,7 +8,10 @@ import pytest
 from emojich.cli import main as cli
 from emojich.foundation.layout import IMAGES_DIR, PREPARED_PREFIX, RAW_KIND, RAW_PREFIX, RGB_KIND
 from emojich.foundation.shards import ShardReader, iter_shards, shard_paths, write_shards
+from emojich.foundation.storage import sha256_file
+from emojich.lineage.render import render_text
 from emojich.lineage.trace import trace
+from tests.test_generate import make_tiny_assets
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +41,7 @@ def test_checkpoint_chain_reaches_every_source(smoke_pipeline):
     titles = [link.title for link in lineage.links]
     for title in (
         "checkpoint",
-        "training pairs",
+        "training data",
         "stage finetune",
         "stage tokenize",
         "stage upscale",
@@ -51,7 +55,9 @@ def test_checkpoint_chain_reaches_every_source(smoke_pipeline):
     assert checkpoint.facts["steps"] == 4 and checkpoint.facts["model"] == "dalle-tiny-from-scratch"
     assert checkpoint.facts["train_pairs"] > 0
     data = next(link for link in lineage.links if link.kind == "training-data")
-    assert data.facts["train_pairs"] == data.facts["items_verified"] > 0
+    assert data.facts["train_images"] == data.facts["items_verified"] > 0
+    # One image per caption in the smoke params: the checkpoint's pairs are the split's captions.
+    assert data.facts["trained_pairs"] == data.facts["train_captions"] == checkpoint.facts["train_pairs"]
     assert set(data.facts["licences"]) <= {"CC-BY-4.0", "CC-BY-SA-4.0", "OFL-1.1"}
     assert all("==" in source and ":U+" in source for source in data.facts["example_sources"])
     scrape = next(link for link in lineage.links if link.title == "stage scrape")
@@ -145,7 +151,7 @@ def test_sticker_chain_from_prompt_to_sources(smoke_pipeline):
     generated = next(link for link in lineage.links if link.kind == "generated-image")
     assert generated.facts["prompt"] and generated.facts["seed"] == 42 and generated.facts["top_p"] == 0.995
     assert any(link.title.startswith("stage generate@") for link in lineage.links)
-    assert "training pairs" in [link.title for link in lineage.links]
+    assert "training data" in [link.title for link in lineage.links]
 
 
 def test_edited_sticker_and_missing_sidecar_are_named(pipeline_copy):
@@ -167,3 +173,122 @@ def test_a_member_named_in_the_wrong_shard_is_refused(tmp_path):
         trace(f"{located['a']}:b.{RGB_KIND}", tmp_path)
     with pytest.raises(FileNotFoundError, match="no such shard"):
         trace(f"{folder}/prepared-00009.tar:a.{RGB_KIND}", tmp_path)
+
+
+# -- files made by the command line, wherever they lie -----------------------------------------------
+
+
+def _train_caption_not_first(root):
+    """A training caption none of whose images is among the split's first three (so a listing that
+    starts at the top of the index does not show its sources by chance)."""
+    with open(root / "data/tokens/index.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    train = [row for row in rows if row["split"] == "train"]
+    first = {row["caption"] for row in train[:3]}
+    return next(row["caption"] for row in reversed(train) if row["caption"] not in first)
+
+
+@pytest.fixture(scope="module")
+def cli_made(smoke_pipeline, tmp_path_factory):
+    """An image from `emojich generate` and a sticker from `emojich sticker`, outside the project,
+    drawn by the pipeline's checkpoint from one of its training captions."""
+    root, _ = smoke_pipeline
+    out = tmp_path_factory.mktemp("made-by-hand")
+    caption = _train_caption_not_first(root)
+    models = [
+        *("--checkpoint", str(root / "data/finetune/model.safetensors")),
+        *("--tokens", str(root / "data/tokens")),
+        *("--upscaler", str(root / "data/upscaled/rrdbnet.safetensors")),
+    ]
+    assert cli(["generate", caption, "-n", "2", "--out", str(out / "gen"), "--device", "cpu", *models]) == 0
+    image = sorted((out / "gen/kept").glob("*.png"))[0]
+    assert cli(["sticker", str(image), str(out / "sticker.webp"), "--method", "contour"]) == 0
+    return root, caption, image, out / "sticker.webp"
+
+
+def test_a_sticker_and_an_image_made_by_the_cli_are_traced_to_the_sources(cli_made, capsys):
+    root, caption, image, sticker = cli_made
+    capsys.readouterr()
+    assert cli(["lineage", str(sticker), "--root", str(root)]) == 0, capsys.readouterr()
+    assert "not a file lineage knows" not in capsys.readouterr().err
+    lineage = trace(sticker, root)
+    assert not lineage.breaks, [link.problem for link in lineage.breaks]
+    kinds = [link.kind for link in lineage.links]
+    assert kinds[:4] == ["sticker", "generated-image", "checkpoint", "training-data"]
+    assert lineage.links[0].facts["made_by"] == "emojich sticker"
+    assert lineage.links[1].path == str(image) and lineage.links[1].facts["prompt"] == caption
+    assert lineage.links[2].path == "data/finetune/model.safetensors"  # the pipeline's, so on through it
+    assert {"stage finetune", "stage scrape", "git commit"} <= {link.title for link in lineage.links}
+    assert "stage stickers" not in {link.title for link in lineage.links}  # no stage cut this sticker
+
+    assert cli(["lineage", str(image), "--root", str(root)]) == 0
+    assert trace(image, root).links[0].kind == "generated-image"
+
+
+def test_links_a_cli_made_file_cannot_follow_are_named(cli_made, tmp_path, capsys):
+    root, _, image, sticker = cli_made
+    # The sticker's image moved away: named, and the sidecar's copy still leads to the checkpoint.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / sticker.name).write_bytes(sticker.read_bytes())
+    sidecar = json.loads(sticker.with_suffix(".json").read_text(encoding="utf-8"))
+    sidecar["source_image"] = str(tmp_path / "gone.png")
+    (moved / sticker.with_suffix(".json").name).write_text(json.dumps(sidecar), encoding="utf-8")
+    lineage = trace(moved / sticker.name, root)
+    assert lineage.break_kinds == ["missing-file"] and "gone.png is gone" in lineage.breaks[0].problem
+    assert any(link.kind == "training-data" for link in lineage.links)
+
+    # Drawn by another checkpoint than the pipeline's: which one, and why the chain stops there.
+    assets = make_tiny_assets(tmp_path / "assets")
+    out = tmp_path / "other"
+    models = ["--checkpoint", str(assets["checkpoint"]), "--tokens", str(assets["tokens"]), "--upscaler", ""]
+    assert cli(["generate", "кошка", "-n", "2", "--out", str(out), "--device", "cpu", *models]) == 0
+    other = sorted((out / "kept").glob("*.png"))[0]
+    capsys.readouterr()
+    assert cli(["lineage", str(other), "--root", str(root)]) == 1
+    text = capsys.readouterr().out
+    assert "checkpoint-mismatch" in text and sha256_file(assets["checkpoint"])[:12] in text
+    assert "cannot be traced" in text
+
+    # A file with no sidecar at all is still an argument error, said as such.
+    plain = tmp_path / "plain.png"
+    plain.write_bytes(image.read_bytes())
+    assert cli(["lineage", str(plain), "--root", str(root)]) == 2
+    assert "no sidecar" in capsys.readouterr().err
+
+
+def test_text_is_one_summarised_line_per_link_and_json_has_everything(pipeline_copy, capsys):
+    root = pipeline_copy
+    caption = _train_caption_not_first(root)
+    out = root / "data/generated/by-hand"  # where lineage has always looked for generated images
+    models = [
+        *("--checkpoint", str(root / "data/finetune/model.safetensors")),
+        *("--tokens", str(root / "data/tokens")),
+        *("--upscaler", str(root / "data/upscaled/rrdbnet.safetensors")),
+    ]
+    assert cli(["generate", caption, "-n", "2", "--out", str(out), "--device", "cpu", *models]) == 0
+    image = sorted((out / "kept").glob("*.png"))[0]
+    lineage = trace(image, root)
+    lines = render_text(lineage).splitlines()
+    body = [line for line in lines[2:-2] if not line.lstrip().startswith("↳")]
+    assert len(body) == len(lineage.links)
+    for line in body:
+        summary = line.partition(" · ")[2]
+        assert len(summary) <= 300 and "{" not in summary, line  # no JSON dumps of params or outputs
+    checkpoint = next(line for line in body if " checkpoint " in line)
+    data = next(line for line in body if " training data " in line)
+    # The two counts say what they count: pairs the model trained on, images of the split.
+    assert "caption-image pairs" in checkpoint
+    assert "training images of" in data and "captions" in data and "trained on" in data
+    # The traced caption's own images come first, not the first rows of the index.
+    facts = next(link for link in lineage.links if link.kind == "training-data").facts
+    own = [item["source"] for item in facts["caption_sources"]]
+    assert facts["caption"] == caption and facts["caption_split"] == "train" and own
+    assert facts["example_sources"][: len(own[:3])] == own[:3]
+    assert f"«{caption}»" in data and own[0] in data
+
+    capsys.readouterr()
+    cli(["lineage", str(image), "--root", str(root), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    finetune = next(link for link in report["links"] if link["title"] == "stage finetune")
+    assert finetune["facts"]["params"]["finetune"]["train"]["max_steps"] == 4  # in full

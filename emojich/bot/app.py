@@ -28,6 +28,7 @@ from emojich.bot.persistence import StoreConversations
 from emojich.bot.services import Services
 from emojich.bot.store import Store
 from emojich.bot.worker import ModelGenerator, ModelInfo, StickerCutter, Task, WorkerPool
+from emojich.foundation.input_checks import check_output_folder
 
 log = logging.getLogger("emojich.bot")
 
@@ -141,6 +142,8 @@ def check_models(config: BotConfig) -> None:
     for path in (config.models.checkpoint, config.models.bpe, config.models.vqgan):
         if not Path(path).is_file():
             raise ValueError(f"{path} does not exist: run the pipeline first (make repro)")
+    # The state, candidates and stickers go there: found now, not after the workers load the models.
+    check_output_folder(config.state_dir, "bot.state_dir")
 
 
 def bot_command(args: Any) -> int:

@@ -39,6 +39,10 @@ class BotParams:
     segment_weights: str | None = "data/segment/unet.safetensors"  # null or missing: contour only
     threads: int = 1  # torch threads in each worker process; 0 = torch default
     poll_timeout: int = 10  # seconds a getUpdates long poll waits
+    # The wait a caption is assumed to take until the worker has timed one (then the median of the
+    # last jobs is used). The demo model on 2 CPU cores draws 8 attempts in about 0.5 s; a larger
+    # model (the paper profile's) should say its own.
+    first_guess_s: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("attempts", "daily_quota", "max_queue", "poll_timeout"):
@@ -47,6 +51,10 @@ class BotParams:
                 raise ValueError(f"bot.{name} must be an integer >= 1, got {value!r}")
         if not 2 <= self.candidates <= min(10, self.attempts):
             raise ValueError(f"bot.candidates must be 2-10 and at most bot.attempts, got {self.candidates}")
+        if isinstance(self.first_guess_s, bool) or not (
+            isinstance(self.first_guess_s, int | float) and self.first_guess_s > 0
+        ):
+            raise ValueError(f"bot.first_guess_s must be a number > 0, got {self.first_guess_s!r}")
         if self.sticker_format not in FORMATS:
             raise ValueError(f"bot.sticker_format must be one of {', '.join(FORMATS)}")
 

@@ -8,6 +8,7 @@ so the event loop is never held while the worker draws.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, InputMediaPhoto
@@ -21,19 +22,15 @@ from emojich.bot.worker import GenerationRequest, GenerationResult
 log = logging.getLogger("emojich.bot.dispatch")
 
 
-def candidates_keyboard(job_id: int, count: int) -> InlineKeyboardMarkup:
+def candidates_keyboard(job_id: int, count: int, regenerate: bool = True) -> InlineKeyboardMarkup:
+    """Pick 1..count, then "more" (left out once it is known to draw the same again) and "skip"."""
     picks = [
         InlineKeyboardButton(str(number), callback_data=f"pick:{job_id}:{number}")
         for number in range(1, count + 1)
     ]
+    more = [InlineKeyboardButton(texts.REGENERATE, callback_data=f"regen:{job_id}")] if regenerate else []
     return InlineKeyboardMarkup(
-        [
-            picks,
-            [
-                InlineKeyboardButton(texts.REGENERATE, callback_data=f"regen:{job_id}"),
-                InlineKeyboardButton(texts.SKIP, callback_data=f"skip:{job_id}"),
-            ],
-        ]
+        [picks, [*more, InlineKeyboardButton(texts.SKIP, callback_data=f"skip:{job_id}")]]
     )
 
 
@@ -56,13 +53,25 @@ class Dispatcher:
         try:
             if job.status == "running":
                 await self._announce_start(job, application.bot)
+                started = time.monotonic()
                 result: GenerationResult = await self.services.generation.run(
                     GenerationRequest(
                         job.id, job.caption, job.seed, str(self.services.jobs_dir / f"{job.id:06d}")
                     )
                 )
-                log.info("job %d: %d candidates in %.1f s", job.id, len(result.images), result.seconds)
-                if not store.finish_generation(job.id, result.images, result.notes, result.seconds):
+                # What the user waits for is the whole job (sampling, decoding, upscaling, files and
+                # the hop to the worker), not the sampling alone: that is what the estimates use.
+                seconds = time.monotonic() - started
+                log.info(
+                    "job %d: %d candidates in %.2f s (sampling %.2f s)",
+                    job.id,
+                    len(result.images),
+                    seconds,
+                    result.seconds,
+                )
+                if not store.finish_generation(
+                    job.id, result.images, result.notes, seconds, result.new_image_chance
+                ):
                     return  # cancelled while it was drawn: the user asked not to hear about it
             await self.deliver(store.job(job.id), application.bot)
         except Exception as error:

@@ -28,7 +28,7 @@ from telegram.ext import (
 from telegram.warnings import PTBUserWarning
 
 from emojich.bot import texts
-from emojich.bot.dispatch import Dispatcher
+from emojich.bot.dispatch import Dispatcher, candidates_keyboard
 from emojich.bot.maker import StickerMaker
 from emojich.bot.rules import RuleError, check_caption, check_title, parse_emoji_list, propose_emoji
 from emojich.bot.services import Services
@@ -105,6 +105,7 @@ class Handlers:
 
     async def cancel(self, update: Update, context: Context) -> int:
         user_id = update.effective_user.id
+        self.store.set_pending_caption(user_id, None)
         job = self.store.cancel(user_id)
         had_pack = self.store.open_pack(user_id) is not None
         self.store.close_pack(user_id)
@@ -169,7 +170,53 @@ class Handlers:
                 reply = _CAPTION_ERRORS[error.code]
             await message.reply_text(reply)
             return CAPTION
+        waiting = self.store.latest_job(user, ("delivered",))
+        quota = self.services.config.params.daily_quota
+        if waiting is not None and self.store.jobs_today(user) >= quota:
+            # The new caption could not be drawn today anyway: say that, and keep the candidates.
+            await message.reply_text(texts.QUOTA.format(quota=quota))
+            return CAPTION
+        if waiting is not None:
+            # A new caption would make the waiting candidates unpickable: ask first, and keep
+            # the caption until the answer (its buttons carry only the job's id).
+            self.store.set_pending_caption(user, check.text)
+            keyboard = InlineKeyboardMarkup(
+                [
+                    [
+                        InlineKeyboardButton(texts.KEEP_CANDIDATES, callback_data=f"keep:{waiting.id}"),
+                        InlineKeyboardButton(texts.DRAW_NEW, callback_data=f"draw:{waiting.id}"),
+                    ]
+                ]
+            )
+            await message.reply_text(
+                texts.DROP_ASK.format(old=waiting.caption, new=check.text), reply_markup=keyboard
+            )
+            return CAPTION
         await self._enqueue(update, context, pack.id, check.text, check.latin_only)
+        return CAPTION
+
+    async def drop_button(self, update: Update, context: Context) -> int | None:
+        """The answer to "draw the new caption instead of the waiting candidates?"."""
+        query = update.callback_query
+        action, job_id, _ = _button_data(query.data)
+        user = update.effective_user.id
+        job = self._live_job(update, job_id, "delivered")
+        caption = self.store.pending_caption(user)
+        pack = self.store.open_pack(user)
+        if job is None or caption is None or pack is None:
+            return await self._stale(update, context)
+        self.store.set_pending_caption(user, None)
+        await query.answer()
+        await query.edit_message_reply_markup(None)
+        if action == "keep":
+            await query.message.reply_text(texts.KEPT.format(new=caption, old=job.caption))
+            return CAPTION
+        check = check_caption(caption, self.services.count_tokens, self.services.model.text_tokens)
+        # Queuing retires the waiting candidates in the same transaction; refused (a full queue),
+        # it leaves them pickable.
+        await self._enqueue(update, context, pack.id, check.text, check.latin_only)
+        if self.store.job(job.id).status == "expired" and job.keyboard_message_id:
+            await self._drop_keyboard(update.effective_chat.id, job.keyboard_message_id, context)
         return CAPTION
 
     async def _enqueue(
@@ -221,6 +268,15 @@ class Handlers:
             )
             await query.message.reply_text(texts.ASK_EMOJI, reply_markup=keyboard)
             return EMOJI
+        if action == "regen" and job.new_image_chance == 0:
+            # Every attempt drew an image another attempt drew too: new seeds would give these
+            # same images again, so nothing is drawn and nothing counts against the quota.
+            await query.answer()
+            await query.edit_message_reply_markup(
+                candidates_keyboard(job.id, len(job.candidates), regenerate=False)
+            )
+            await query.message.reply_text(texts.SAME_AGAIN.format(caption=job.caption))
+            return CAPTION
         if not self.store.set_status(job.id, "skipped", only_from=("delivered",)):
             return await self._stale(update, context)
         await query.answer()
@@ -329,6 +385,7 @@ def add_handlers(application: Application, handlers: Handlers) -> None:
     buttons = [
         CallbackQueryHandler(handlers.candidate_button, pattern=r"^(pick|regen|skip):"),
         CallbackQueryHandler(handlers.emoji_button, pattern=r"^emoji:"),
+        CallbackQueryHandler(handlers.drop_button, pattern=r"^(keep|draw):"),
     ]
     with warnings.catch_warnings():
         # PTB warns that with per_message=False a CallbackQueryHandler is tracked per chat, not per

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +30,13 @@ class Services:
     def stickers_dir(self) -> Path:
         return self.config.state_dir / "stickers"
 
-    def eta_seconds(self, place: int) -> float | None:
-        """Rough wait for the job at `place`: the mean of recent generation times, times the place."""
-        mean = self.store.mean_seconds()
-        return None if mean is None else mean * place
+    def eta_seconds(self, place: int) -> float:
+        """Rough wait for the job at `place`: a typical job's duration times the place.
+
+        Typical is the median of the jobs the worker timed last (kept in the Store, so it survives a
+        restart): one slow job, the first after start-up say, does not move it as a mean would.
+        Before any job was timed it is `bot.first_guess_s`.
+        """
+        recent = self.store.recent_seconds()
+        typical = statistics.median(recent) if recent else self.config.params.first_guess_s
+        return typical * place

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS users (
     id INTEGER PRIMARY KEY,
     chat_id INTEGER NOT NULL,
     first_seen TEXT NOT NULL,
-    open_pack INTEGER
+    open_pack INTEGER,
+    pending_caption TEXT         -- a caption sent while candidates wait: drawn only if the user says so
 );
 CREATE TABLE IF NOT EXISTS packs (
     id INTEGER PRIMARY KEY,
@@ -53,8 +54,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     day TEXT NOT NULL,           -- UTC date, for the daily quota
     created_at TEXT NOT NULL,
     started_at TEXT,
-    seconds REAL,                -- generation time, for /status estimates
+    seconds REAL,                -- the worker's wall time for the job, for the wait estimates
     candidates TEXT,             -- JSON list of image paths, best first
+    new_image_chance REAL,       -- chance that one more attempt draws an unseen image (0: never)
     notes TEXT,                  -- JSON list of generation warnings
     start_notice_sent INTEGER NOT NULL DEFAULT 0,
     media_sent INTEGER NOT NULL DEFAULT 0,
@@ -82,6 +84,12 @@ CREATE TABLE IF NOT EXISTS blobs (
     value TEXT NOT NULL
 );
 """
+
+# Columns added since the first release: a state file made before them gains them when opened.
+ADDED_COLUMNS = {
+    "users": {"pending_caption": "TEXT"},
+    "jobs": {"new_image_chance": "REAL"},
+}
 
 # Jobs that hold a place in the queue (and count as the user's one active job).
 WAITING = ("queued", "running", "generated")
@@ -114,6 +122,7 @@ class Job:
     keyboard_message_id: int | None
     choice: int | None
     emoji: list[str]
+    new_image_chance: float | None  # None: not measured (a job from before the column existed)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -133,6 +142,7 @@ class Job:
             keyboard_message_id=row["keyboard_message_id"],
             choice=row["choice"],
             emoji=json.loads(row["emoji"] or "[]"),
+            new_image_chance=row["new_image_chance"],
         )
 
 
@@ -174,9 +184,17 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a sent message must stay recorded through a crash
         self.db.executescript(SCHEMA)
+        self._add_missing_columns()
 
     def close(self) -> None:
         self.db.close()
+
+    def _add_missing_columns(self) -> None:
+        for table, columns in ADDED_COLUMNS.items():
+            have = {row["name"] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns.items():
+                if name not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -219,6 +237,14 @@ class Store:
 
     def close_pack(self, user_id: int) -> None:
         self.db.execute("UPDATE users SET open_pack = NULL WHERE id = ?", (user_id,))
+
+    def set_pending_caption(self, user_id: int, caption: str | None) -> None:
+        """Keep a caption that waits for the user's word (None forgets it)."""
+        self.db.execute("UPDATE users SET pending_caption = ? WHERE id = ?", (caption, user_id))
+
+    def pending_caption(self, user_id: int) -> str | None:
+        row = self._one("SELECT pending_caption FROM users WHERE id = ?", user_id)
+        return row["pending_caption"] if row else None
 
     def pack(self, pack_id: int) -> Pack:
         row = self._one(
@@ -353,12 +379,25 @@ class Store:
     def mark_start_notice(self, job_id: int) -> None:
         self.db.execute("UPDATE jobs SET start_notice_sent = 1 WHERE id = ?", (job_id,))
 
-    def finish_generation(self, job_id: int, candidates: list[str], notes: list[str], seconds: float) -> bool:
+    def finish_generation(
+        self,
+        job_id: int,
+        candidates: list[str],
+        notes: list[str],
+        seconds: float,
+        new_image_chance: float | None = None,
+    ) -> bool:
         """Record the candidates; False when the job was cancelled meanwhile (they are then unused)."""
         cursor = self.db.execute(
-            "UPDATE jobs SET status = 'generated', candidates = ?, notes = ?, seconds = ? "
-            "WHERE id = ? AND status = 'running'",
-            (json.dumps(candidates), json.dumps(notes, ensure_ascii=False), seconds, job_id),
+            "UPDATE jobs SET status = 'generated', candidates = ?, notes = ?, seconds = ?, "
+            "new_image_chance = ? WHERE id = ? AND status = 'running'",
+            (
+                json.dumps(candidates),
+                json.dumps(notes, ensure_ascii=False),
+                seconds,
+                new_image_chance,
+                job_id,
+            ),
         )
         return cursor.rowcount == 1
 
@@ -371,11 +410,12 @@ class Store:
             (keyboard_message_id, job_id),
         )
 
-    def mean_seconds(self, last: int = 10) -> float | None:
+    def recent_seconds(self, last: int = 9) -> list[float]:
+        """How long the last `last` timed jobs took, newest first (none before the first job)."""
         rows = self.db.execute(
             "SELECT seconds FROM jobs WHERE seconds IS NOT NULL ORDER BY id DESC LIMIT ?", (last,)
         ).fetchall()
-        return sum(row[0] for row in rows) / len(rows) if rows else None
+        return [float(row[0]) for row in rows]
 
     def pick(self, job_id: int, choice: int) -> bool:
         cursor = self.db.execute(

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+# The captions every help text and `emojich generate --help` suggest: ones the installed demo
+# model draws (it learnt the catalogue's captions by heart and cannot compose new ones), so a
+# newcomer's first try works. The only place they are written; change them here.
+EXAMPLE_CAPTIONS = ("снеговик", "кошка", "флаг Японии", "синий кролик")
+
+
+def _quoted(captions: tuple[str, ...]) -> str:
+    return ", ".join(f"«{caption}»" for caption in captions)
+
+
+EXAMPLE = f"«{EXAMPLE_CAPTIONS[0]}»"
+EXAMPLES = _quoted(EXAMPLE_CAPTIONS)
+
 HELP = (
     "Я рисую эмодзи-стикеры по подписи на русском языке.\n\n"
     "/newpack Название — начать новый набор стикеров\n"
-    "Затем пришлите подпись, например: «розовая альпака улыбается». Я нарисую несколько вариантов, "
+    f"Затем пришлите подпись, например: {EXAMPLES}. Я нарисую несколько вариантов, "
     "вы выберете один и эмодзи к нему, и стикер появится в наборе.\n\n"
     "/status — ваше место в очереди\n"
     "/mypacks — ваши наборы\n"
@@ -17,11 +30,11 @@ START = "Привет! " + HELP
 ASK_TITLE = "Как назвать набор? Пришлите название (до 64 символов)."
 TITLE_EMPTY = "Название не может быть пустым. Пришлите название набора."
 TITLE_LONG = "Название длиннее 64 символов. Пришлите покороче."
-PACK_STARTED = "Набор «{title}» начат. Пришлите подпись к первому стикеру, например: «кошка улыбается»."
+PACK_STARTED = "Набор «{title}» начат. Пришлите подпись к первому стикеру, например: " + EXAMPLE + "."
 NO_PACK = "Сначала начните набор: /newpack Название"
 
-CAPTION_EMPTY = "Подпись пустая. Опишите стикер словами, например: «кошка улыбается»."
-CAPTION_ONLY_EMOJI = "В подписи только эмодзи. Опишите стикер словами, например: «кошка улыбается»."
+CAPTION_EMPTY = f"Подпись пустая. Опишите стикер словами, например: {EXAMPLE}."
+CAPTION_ONLY_EMOJI = f"В подписи только эмодзи. Опишите стикер словами, например: {EXAMPLE}."
 CAPTION_LONG = (
     "Подпись слишком длинная: {tokens} токенов, а модель читает не больше {max_tokens}. Сократите её."
 )
@@ -33,8 +46,8 @@ UNKNOWN_COMMAND = "Не знаю такой команды. Список ком�
 STALE_BUTTON = "Эта кнопка уже не действует."
 INTERNAL_ERROR = "Что-то пошло не так. Попробуйте ещё раз чуть позже."
 
-QUEUED_NOW = "Подпись принята: «{caption}». Уже рисую варианты, это займёт около {eta}."
-QUEUED = "Подпись принята: «{caption}». Вы {place}-й в очереди, ожидание около {eta}. /status — узнать место."
+QUEUED_NOW = "Подпись принята: «{caption}». Уже рисую варианты, это займёт {eta}."
+QUEUED = "Подпись принята: «{caption}». Вы {place}-й в очереди, ожидание {eta}. /status — узнать место."
 YOUR_TURN = "Ваша очередь подошла: рисую «{caption}»."
 BUSY = "Я ещё рисую вашу прошлую подпись «{caption}». Дождитесь её или отмените: /cancel"
 QUOTA = "На сегодня лимит исчерпан: {quota} подписей в день. Приходите завтра!"
@@ -44,6 +57,17 @@ FAILED = "Не получилось нарисовать «{caption}». Попр
 CANDIDATES = "Варианты для «{caption}». Выберите один:"
 REGENERATE = "🔄 Ещё варианты"
 SKIP = "Пропустить"
+SAME_AGAIN = (
+    "Для «{caption}» модель каждый раз рисует одно и то же: новые варианты вышли бы такими же, "
+    "поэтому я их не рисую и в лимит это не идёт. Выберите вариант выше или пришлите другую подпись."
+)
+DROP_ASK = (
+    "Варианты для «{old}» ещё ждут выбора. Нарисовать «{new}» вместо них? "
+    "Тогда варианты для «{old}» пропадут."
+)
+KEEP_CANDIDATES = "Оставить варианты"
+DRAW_NEW = "Рисовать новую"
+KEPT = "Хорошо, «{new}» не рисую. Варианты для «{old}» ждут выбора выше."
 PICKED = "Вы выбрали вариант {number}."
 SKIPPED = "Пропустили. Пришлите другую подпись или /cancel."
 ASK_EMOJI = "Какой эмодзи подходит стикеру? Пришлите от 1 до 20 эмодзи или выберите предложенный:"
@@ -56,7 +80,7 @@ STICKER_FAILED = "Не получилось добавить стикер: {reas
 
 STATUS_NONE = "Сейчас у вас нет подписей в работе. В очереди всего: {waiting}."
 STATUS_RUNNING = "Рисую вашу подпись «{caption}» прямо сейчас."
-STATUS_QUEUED = "Ваша подпись «{caption}»: {place}-я в очереди, ожидание около {eta}."
+STATUS_QUEUED = "Ваша подпись «{caption}»: {place}-я в очереди, ожидание {eta}."
 STATUS_READY = "Варианты для «{caption}» готовы — выберите один выше."
 STATUS_QUOTA = "Сегодня использовано {used} из {quota} подписей."
 
@@ -69,9 +93,12 @@ MYPACK_LINE = "• «{title}» — {count} стик. — https://t.me/addsticker
 MYPACK_EMPTY_LINE = "• «{title}» — пока пустой"
 
 
-def eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "минуты"
+def eta(seconds: float) -> str:
+    """A wait as a person says it: to the second while short, coarser as it grows."""
+    if seconds < 1.5:
+        return "около секунды"
+    if seconds < 10:
+        return f"около {round(seconds)} с"
     if seconds < 60:
-        return f"{max(5, round(seconds / 5) * 5)} с"
-    return f"{round(seconds / 60)} мин"
+        return f"около {round(seconds / 5) * 5} с"
+    return f"около {round(seconds / 60)} мин"

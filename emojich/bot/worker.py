@@ -44,7 +44,10 @@ class GenerationRequest:
 class GenerationResult:
     images: list[str]  # PNGs with JSON sidecars beside them, best first
     notes: list[str]  # e.g. truncation or Latin-only warnings from the library
-    seconds: float
+    seconds: float  # sampling alone, as the library times it
+    # The chance that one more attempt would draw an image this job did not (`new_image_chance`);
+    # 0 means another seed would draw the same images again. None: not measured.
+    new_image_chance: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +122,23 @@ class ModelGenerator:
         out = Path(request.out_dir)
         write_ranked_images(out, run, self.models, self.params.candidates, self.paths.batch_size)
         images = sorted(str(path) for path in out.glob("p000-r*.png"))  # names sort by rank
-        return GenerationResult(images, run.notes, run.seconds)
+        return GenerationResult(images, run.notes, run.seconds, new_image_chance(run.prompts[0].codes))
+
+
+def new_image_chance(codes: Any) -> float:
+    """The chance that one more attempt draws an image none of `codes` (one row of image codes per
+    attempt, each from its own seed) is: Good and Turing's estimate, the share of attempts whose
+    image came up exactly once.
+
+    0 when every image came up at least twice: sampling that is deterministic, or nearly, for
+    this caption and these settings, as the demo model is for the captions it learnt by heart
+    (the nucleus holds one code at each step, whatever the seed). Regenerating would then show
+    the same images again.
+    """
+    import torch
+
+    _, counts = torch.unique(codes, dim=0, return_counts=True)
+    return float((counts == 1).sum()) / len(codes)
 
 
 @dataclasses.dataclass

@@ -8,6 +8,7 @@ not the minutes of loading (or sampling) that would come before the error otherw
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -98,3 +99,20 @@ def _check_creatable(folder: Path, name: str, path: Path) -> None:
         raise InputError(f"cannot write {name} {path}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"cannot write {name} {path}: no permission to write in {existing}")
+    _probe(existing, name, path)
+
+
+def _probe(folder: Path, name: str, path: Path) -> None:
+    """Make and remove an empty file in `folder`.
+
+    Permission bits are not the whole answer: root passes `os.access` everywhere, and /proc, /sys
+    or a read-only mount refuse new files whatever the bits say. Trying is the only sure check,
+    and it costs a millisecond instead of the sampling that would come before the error.
+    """
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".emojich-probe-", dir=folder)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise InputError(f"cannot write {name} {path}: {folder} takes no new files ({reason})") from None
+    os.close(handle)
+    os.unlink(probe)

@@ -53,7 +53,7 @@ def read_prompts(path: str | Path) -> PromptList:
 def require_prompt(text: str) -> str:
     """A prompt given directly (command line) must not be empty: there is nothing to skip to."""
     if not text or not text.strip():
-        raise ValueError("the prompt is empty; give a caption such as «розовая альпака улыбается»")
+        raise ValueError("the prompt is empty; give a caption in Russian")
     return text.strip()
 
 

@@ -141,8 +141,8 @@ def generate_command(args: Any) -> int:
         return 2
     if not metrics:  # a rank other than 0: rank 0 reports
         return 0
-    for note in metrics["notes"]:
-        print(f"note: {note}")
+    # The notes (truncated or Latin-only prompts, a clamped top_k) were logged as warnings when
+    # they arose; printing them again here said each one twice.
     print(
         f"{metrics['prompts']} prompt(s) x {metrics['attempts']} images, 512 px by {metrics['upscaler']}, "
         f"mean score {metrics['mean_score']:.4f}, diversity {metrics['diversity']:.3f} -> {args.out}"

@@ -10,9 +10,12 @@ Every step is verified, not just reported: file hashes against the sidecars and 
 recorded them, and each stage's dependencies and outputs against `dvc.lock` (through DVC's own
 status check). A step that does not verify is a *break*, named by kind, so a sticker edited
 after it was made, a checkpoint that is not the one in `dvc.lock`, or a missing sidecar is
-reported as exactly that. The Telegram bot's stickers (sidecar `made_by: emojich-bot`) follow
-the same chain from the candidate they were cut from. Tracing starts from whichever kind of file
-it is given; an image inside a stage's shards is named `<shard>:<member>`, e.g.
+reported as exactly that. Stickers and images made outside the pipeline, by `emojich sticker`,
+`emojich generate` or the Telegram bot, are known by their JSON sidecars wherever they lie, and
+follow the same chain: their sidecar names the image they were cut from and the checkpoint (by
+sha256) that drew it; when that is the pipeline's checkpoint, the chain goes on through the
+pipeline, and when it is not, the break says so. Tracing starts from whichever kind of file it is
+given; an image inside a stage's shards is named `<shard>:<member>`, e.g.
 `data/prepared/images/prepared-00000.tar:twemoji-1f600.rgb.png`, the form this module prints.
 """
 
@@ -39,14 +42,39 @@ from emojich.models.origin import safetensors_origin
 STICKERS = Path("data/stickers/images")
 GENERATED = Path("data/generated")
 CHECKPOINT = Path("data/finetune/model.safetensors")
+UNET = Path("data/segment/unet.safetensors")
 TOKENS_INDEX = Path("data/tokens/index.csv")
 UPSCALED = Path("data/upscaled")
 PREPARED = Path("data/prepared")
 RAW = Path("data/raw")
 
 # The `made_by` of the Telegram bot's sticker sidecars (emojich.bot): its stickers live wherever
-# its state folder is (data/bot by default), so they are recognised by their sidecar.
+# its state folder is (data/bot by default), so they are recognised by their sidecar, as are those
+# of `emojich sticker` (`made_by: emojich sticker`).
 BOT_MAKER = "emojich-bot"
+PIPELINE_MAKER = "stickers stage"
+
+# Sidecar keys that tell what a file is: a sticker's sidecar records the sticker's own hash, a
+# generated image's the PNG's (a sticker's sidecar holds its image's generation record too).
+STICKER_KEY = "sticker_sha256"
+GENERATED_KEY = "png_sha256"
+# What a generated image's sidecar says about how it was drawn (shown on its link).
+GENERATION_FACTS = (
+    "prompt",
+    "seed",
+    "image_index",
+    "rank",
+    "top_k",
+    "top_k_effective",
+    "top_p",
+    "temperature",
+    "guidance",
+    "score",
+    "upscaler",
+    "truncated",
+    "latin_only",
+    "weights_origin",
+)
 
 # Upstream order of the stages behind a checkpoint.
 TRAINING_STAGES = ("finetune", "tokenize", "upscale", "prepare", "scrape")
@@ -108,22 +136,32 @@ class Tracer:
         if member is not None:
             return self._trace_member(Path(shard), member)
         path = Path(path)
-        relative = _relative_to(path, self.root)
-        lineage = Lineage(target=relative.as_posix())
-        if not (self.root / relative).is_file():
+        if not path.is_file():
             raise FileNotFoundError(f"no such file: {path}")
+        # Inside the project a file is named relative to it (as dvc.lock and sidecars name files);
+        # a sticker or image made elsewhere (`emojich sticker ... /tmp/x.webp`) keeps its full path.
+        relative = self._local(path)
+        lineage = Lineage(target=relative.as_posix())
+        sidecar = _sidecar(self.root / relative)
         if _under(relative, STICKERS):
             self._sticker(relative, lineage)
-        elif _made_by_bot(self.root / relative):
-            self._sticker(relative, lineage, maker=BOT_MAKER)
-        elif _under(relative, GENERATED):
+        elif sidecar is not None and STICKER_KEY in sidecar:
+            self._sticker(relative, lineage, maker=str(sidecar.get("made_by") or "an unnamed maker"))
+        elif _under(relative, GENERATED) or (sidecar is not None and GENERATED_KEY in sidecar):
             self._generated(relative, lineage, expected_sha=None)
         elif relative == CHECKPOINT:
-            self._checkpoint(relative, lineage, expected_sha=None)
+            self._checkpoint(lineage, expected_sha=None)
+        elif sidecar is not None:
+            raise ValueError(
+                f"{relative}: its sidecar {relative.with_suffix('.json')} records neither a sticker "
+                f"({STICKER_KEY}) nor a generated image ({GENERATED_KEY})"
+            )
         else:
             raise ValueError(
-                f"{relative}: not a file lineage knows (stickers of the pipeline or the bot, generated "
-                "images, the checkpoint, or an upscaled or prepared image as <shard>:<member>)"
+                f"{relative}: no sidecar {relative.with_suffix('.json')} beside it, and not a pipeline "
+                "file lineage knows (stickers and images from emojich sticker, emojich generate or the bot "
+                "are traced through their sidecar; also the checkpoint, or an upscaled or prepared image "
+                "as <shard>:<member>)"
             )
         self._commit(lineage)
         return lineage
@@ -150,8 +188,9 @@ class Tracer:
         return lineage
 
     # -- links ------------------------------------------------------------------------------------
-    def _sticker(self, relative: Path, lineage: Lineage, maker: str = "stickers stage") -> None:
-        """A sticker of the `stickers` stage, or of the bot (`maker`), and the image it was cut from."""
+    def _sticker(self, relative: Path, lineage: Lineage, maker: str = PIPELINE_MAKER) -> None:
+        """A sticker of the `stickers` stage, the bot or `emojich sticker` (`maker`), and the image
+        it was cut from."""
         actual = sha256_file(self.root / relative)
         sidecar_path = relative.with_suffix(".json")
         link = Link("sticker", "sticker", relative.as_posix(), actual)
@@ -162,96 +201,122 @@ class Tracer:
                 f"missing-sidecar: {sidecar_path} is missing, so nothing links this sticker to its origin"
             )
             return
-        keys = ("mask_method", "confidence", "sticker_format", "made_by", "emoji")
-        link.facts = {k: sidecar.get(k) for k in keys if k in sidecar}
-        if sidecar.get("sticker_sha256") != actual:
+        keys = ("mask_method", "confidence", "sticker_format", "emoji")
+        link.facts = {"made_by": maker} | {k: sidecar.get(k) for k in keys if k in sidecar}
+        if sidecar.get(STICKER_KEY) != actual:
             link.problem = (
                 f"sticker-modified: the file's sha256 {actual[:12]}… differs from the "
-                f"{str(sidecar.get('sticker_sha256'))[:12]}… the {maker} recorded: edited after it was made"
+                f"{str(sidecar.get(STICKER_KEY))[:12]}… the {maker} recorded: edited after it was made"
             )
-        if maker == BOT_MAKER:
-            # The bot runs no DVC stage; its U-Net, when it cut the sticker, is the segment stage's.
-            self._stages(("segment",) if sidecar.get("mask_method") == "unet" else (), lineage)
-        else:
+        if maker == PIPELINE_MAKER:
             self._stages(("stickers", "segment"), lineage)
+        elif sidecar.get("mask_method") == "unet":
+            self._sticker_unet(sidecar, link, lineage)
+        # The sticker's sidecar carries its image's generation record: when the image itself is gone
+        # or was never named, the chain still reaches the checkpoint through that copy.
+        record = sidecar if GENERATED_KEY in sidecar else None
         source = sidecar.get("source_image")
         if not source:
-            lineage.links.append(
-                Link("generated-image", "generated image", problem="missing-sidecar: no source_image")
+            missing = Link(
+                "generated-image",
+                "generated image",
+                problem=f"missing-source: {sidecar_path} names no source_image, so the image it was cut "
+                "from cannot be checked",
             )
+            lineage.links.append(missing)
+            if record is not None:
+                missing.facts = {k: record[k] for k in GENERATION_FACTS if k in record}
+                self._checkpoint(lineage, record.get("checkpoint_sha256"), record.get("prompt"))
             return
-        self._generated(Path(source), lineage, expected_sha=sidecar.get("source_sha256"))
+        # Sidecars name a source inside the project relative to it, one outside by its full path.
+        image = Path(source) if Path(source).is_absolute() else self.root / source
+        self._generated(self._local(image), lineage, expected_sha=sidecar.get("source_sha256"), record=record)
 
-    def _generated(self, relative: Path, lineage: Lineage, expected_sha: str | None) -> None:
+    def _sticker_unet(self, sidecar: dict[str, Any], link: Link, lineage: Lineage) -> None:
+        """Outside the pipeline a U-Net cut is the segment stage's when its weights are that stage's
+        output (the bot's sidecars name no weights: the bot always loads the pipeline's)."""
+        recorded = sidecar.get("unet_sha256")
+        unet = self.root / UNET
+        if recorded is None or (unet.is_file() and sha256_file(unet) == recorded):
+            self._stages(("segment",), lineage)
+        else:
+            link.facts["unet"] = f"not the pipeline's {UNET} (sha256 {str(recorded)[:12]}…)"
+
+    def _generated(
+        self,
+        relative: Path,
+        lineage: Lineage,
+        expected_sha: str | None,
+        record: dict[str, Any] | None = None,
+    ) -> None:
+        """A generated image and its sidecar, then the checkpoint that drew it. `record`: the
+        generation record a sticker's sidecar copied, used when the image's own is gone."""
         full = self.root / relative
         actual = sha256_file(full) if full.is_file() else None
         link = Link("generated-image", "generated image", relative.as_posix(), actual)
         lineage.links.append(link)
+        sidecar = _read_json(full.with_suffix(".json")) if actual is not None else None
         if actual is None:
             link.problem = f"missing-file: {relative} is gone"
-            return
-        sidecar = _read_json(full.with_suffix(".json"))
-        if sidecar is None:
+        elif sidecar is None:
             link.problem = f"missing-sidecar: {relative.with_suffix('.json')} is missing"
-            return
-        link.facts = {
-            k: sidecar.get(k)
-            for k in (
-                "prompt",
-                "seed",
-                "index",
-                "top_k",
-                "top_p",
-                "temperature",
-                "score",
-                "upscaler",
-                "truncated",
-            )
-            if k in sidecar
-        }
-        if sidecar.get("png_sha256") != actual:
+        elif sidecar.get(GENERATED_KEY) != actual:
             link.problem = f"image-modified: {relative} differs from the image its sidecar recorded"
         elif expected_sha and expected_sha != actual:
             link.problem = f"image-modified: {relative} differs from the image the sticker was cut from"
+        record = sidecar or record
+        if record is None:
+            return  # nothing names the checkpoint: the break above says why
+        link.facts = {k: record[k] for k in GENERATION_FACTS if k in record}
         stage = self._stage_owning(relative)
         if stage:
             self._stages((stage,), lineage)
-        self._checkpoint(CHECKPOINT, lineage, expected_sha=sidecar.get("checkpoint_sha256"))
+        self._checkpoint(lineage, record.get("checkpoint_sha256"), record.get("prompt"))
 
-    def _checkpoint(self, relative: Path, lineage: Lineage, expected_sha: str | None) -> None:
-        full = self.root / relative
+    def _checkpoint(self, lineage: Lineage, expected_sha: str | None, prompt: str | None = None) -> None:
+        """The checkpoint that drew an image (`expected_sha`, from its sidecar) or the pipeline's
+        own; when it is the pipeline's, on through its training data and stages."""
+        full = self.root / CHECKPOINT
         actual = sha256_file(full) if full.is_file() else None
-        link = Link("checkpoint", "checkpoint", relative.as_posix(), actual)
+        if expected_sha and actual != expected_sha:
+            # Another checkpoint (`emojich generate --checkpoint`, or the pipeline's before a
+            # re-run): known only by its hash, so its training data cannot be followed from here.
+            link = Link("checkpoint", "checkpoint", sha256=expected_sha)
+            lineage.links.append(link)
+            now = f"{actual[:12]}…" if actual else "not in the workspace (dvc pull or dvc repro makes it)"
+            link.problem = (
+                f"checkpoint-mismatch: the image was drawn by checkpoint {expected_sha[:12]}…, not by the "
+                f"pipeline's {CHECKPOINT} ({now}), so its training data cannot be traced from here"
+            )
+            return
+        link = Link("checkpoint", "checkpoint", CHECKPOINT.as_posix(), actual)
         lineage.links.append(link)
         metrics = _read_json(full.parent / PROVENANCE_FILE) or {}
-        link.facts = {
-            k: metrics.get(k) for k in ("model", "steps", "freeze", "val_loss", "train_pairs") if k in metrics
-        }
+        keys = ("model", "steps", "freeze", "val_loss", "train_pairs", "images_per_caption")
+        link.facts = {k: metrics.get(k) for k in keys if k in metrics}
         if actual is not None:
             # From the checkpoint itself: stand-in weights upstream are never lost on the way.
             with contextlib.suppress(Exception):  # an unreadable file is reported below, by its hash
                 link.facts["weights_origin"] = safetensors_origin(full)
         if actual is None:
-            link.problem = f"missing-file: {relative} is gone"
-        elif expected_sha and actual != expected_sha:
-            link.problem = (
-                f"checkpoint-mismatch: the image was made by checkpoint {expected_sha[:12]}…, "
-                f"the workspace holds {actual[:12]}…"
-            )
-        elif not self._matches_lock(relative):
-            link.problem = f"checkpoint-not-in-lock: {relative} is not the checkpoint dvc.lock records"
-        self._training_data(lineage)
+            link.problem = f"missing-file: {CHECKPOINT} is gone"
+        elif not self._matches_lock(CHECKPOINT):
+            link.problem = f"checkpoint-not-in-lock: {CHECKPOINT} is not the checkpoint dvc.lock records"
+        self._training_data(lineage, metrics.get("images_per_caption"), prompt)
         self._stages(TRAINING_STAGES, lineage)
 
-    def _training_data(self, lineage: Lineage) -> None:
+    def _training_data(self, lineage: Lineage, per_caption: int | None, prompt: str | None) -> None:
+        """The training split behind the checkpoint, each image followed to its source; the
+        images of the traced prompt's own caption first."""
         index = _read_csv(self.root / TOKENS_INDEX)
-        link = Link("training-data", "training pairs", TOKENS_INDEX.as_posix())
+        link = Link("training-data", "training data", TOKENS_INDEX.as_posix())
         lineage.links.append(link)
         if index is None:
             link.problem = f"missing-file: {TOKENS_INDEX} is gone"
             return
         link.sha256 = sha256_file(self.root / TOKENS_INDEX)
-        train_ids = [row["id"] for row in index if row["split"] == "train"]
+        train = [row for row in index if row["split"] == "train"]
+        train_ids = [row["id"] for row in train]
         prepared, raw = self._manifest_rows(PREPARED), self.raw_rows
         styles, licences = Counter(), Counter()
         broken: list[str] = []
@@ -269,13 +334,36 @@ class Tracer:
                     broken.append(f"{item_id}: source image changed or missing")
                 elif row["raw_sha256"] != source["sha256"]:
                     broken.append(f"{item_id}: prepared from another source image")
+        trained = _trained_ids(train, per_caption)
+        # Counts named for what they count: the split has images, several per caption (skin tones,
+        # styles); the checkpoint trained on caption-image pairs, `images_per_caption` of each.
         link.facts = {
-            "train_pairs": len(train_ids),
+            "train_images": len(train_ids),
+            "train_captions": len({row["caption"] for row in train}),
+            "trained_pairs": None if trained is None else len(trained),
+            "images_per_caption": per_caption,
             "styles": dict(sorted(styles.items())),
             "licences": dict(sorted(licences.items())),
-            "example_sources": [raw[i]["source"] for i in train_ids[:3] if i in raw],
             "items_verified": len(train_ids) - len(broken) if self.verify_items else None,
         }
+        own = [row for row in index if prompt is not None and row["caption"] == prompt]
+        if prompt is not None:
+            link.facts["caption"] = prompt
+            link.facts["caption_split"] = _caption_split(own)
+            link.facts["caption_sources"] = [
+                {
+                    "id": row["id"],
+                    "split": row["split"],
+                    "trained_on": trained is not None and row["id"] in trained,
+                    "source": raw.get(row["id"], {}).get("source"),
+                    "licence": raw.get(row["id"], {}).get("licence"),
+                }
+                for row in own
+            ]
+        others = [i for i in train_ids if i not in {row["id"] for row in own}]
+        link.facts["example_sources"] = [
+            raw[i]["source"] for i in [r["id"] for r in own] + others if i in raw
+        ][:3]
         if broken:
             link.problem = f"item-mismatch: {len(broken)} training item(s) do not verify, e.g. {broken[0]}"
 
@@ -371,6 +459,11 @@ class Tracer:
             self._manifests[stage_dir] = _rows_by_id(self.root / stage_dir / "manifest.csv")
         return self._manifests[stage_dir]
 
+    def _local(self, path: Path) -> Path:
+        """`path` relative to the project root when inside it, else absolute."""
+        full = path.resolve()
+        return full.relative_to(self.root) if full.is_relative_to(self.root) else full
+
     def _reader(self, folder: Path) -> ShardReader:
         if folder not in self._shards:
             self._shards[folder] = ShardReader(self.root / folder)
@@ -393,6 +486,8 @@ class Tracer:
         return False
 
     def _stage_owning(self, relative: Path) -> str | None:
+        if relative.is_absolute():  # outside the project: no stage made it
+            return None
         for name, entry in self.lock.items():
             for out in entry.get("outs", []):
                 if _under(relative, Path(out["path"])):
@@ -440,9 +535,34 @@ def _split_shard_ref(text: str) -> tuple[str, str | None]:
     return text, None
 
 
-def _made_by_bot(path: Path) -> bool:
-    sidecar = _read_json(path.with_suffix(".json")) if path.suffix != ".json" else None
-    return bool(sidecar) and sidecar.get("made_by") == BOT_MAKER
+def _sidecar(path: Path) -> dict | None:
+    """The JSON sidecar beside a file (`x.webp` -> `x.json`), if there is one."""
+    if path.suffix == ".json":
+        return None
+    try:
+        sidecar = _read_json(path.with_suffix(".json"))
+    except ValueError:  # not JSON: not a sidecar this project wrote
+        return None
+    return sidecar if isinstance(sidecar, dict) else None
+
+
+def _trained_ids(train: list[dict[str, str]], per_caption: int | None) -> set[str] | None:
+    """Ids of the training images the checkpoint learnt from, chosen as the finetune stage chose
+    them (`images_per_caption` of each caption); None when the stage did not record the setting."""
+    if per_caption is None:
+        return None
+    from emojich.train.finetune import limit_per_caption  # torch: imported only when needed
+
+    ids = [row["id"] for row in train]
+    return {ids[i] for i in limit_per_caption(ids, [row["caption"] for row in train], int(per_caption))}
+
+
+def _caption_split(rows: list[dict[str, str]]) -> str:
+    """Where a prompt stands in the catalogue: a training caption, a validation one, or neither."""
+    splits = {row["split"] for row in rows}
+    if "train" in splits:
+        return "train"
+    return "validation" if splits else "not in the catalogue"
 
 
 def _under(path: Path, folder: Path) -> bool:

@@ -32,6 +32,9 @@ MAX_STICKER_BYTES = 512 * 1024
 THUMBNAIL_SIDE = 100
 MAX_THUMBNAIL_BYTES = 128 * 1024
 FORMATS = ("webp", "png")
+# The `made_by` of the sidecar of a sticker cut by `emojich sticker` (the bot's says emojich-bot;
+# the pipeline's stickers stage writes none).
+CLI_MAKER = "emojich sticker"
 
 # Encodings tried in order until one fits; lossless first, as most emojis are flat colour and
 # fit easily, then progressively lossier ones for noisy generations.
@@ -325,14 +328,17 @@ def sticker_from_file(
     beside the sticker too.
     """
     model, size, note = None, 0, ""
+    # What `emojich lineage` follows from the sticker: who cut it, from which file, with which U-Net.
+    extra: dict[str, object] = {"made_by": CLI_MAKER, "source_image": str(Path(source).resolve())}
     if method != "contour" and weights:
         from emojich.segment.unet import load_unet
 
         model, config = load_unet(weights, preset_name)
         size = config.size
+        extra["unet_sha256"] = sha256_file(weights)
     elif method == "auto":
         note = "no U-Net weights given: using the contour method"
-    result, encoded = cut_sticker_file(source, dest, method, model, size, threshold)
+    result, encoded = cut_sticker_file(source, dest, method, model, size, threshold, **extra)
     if method == "auto" and result.method == "contour" and model is not None:
         note = f"U-Net confidence {result.confidence:.4f} is below {threshold}: using the contour method"
     return StickerReport(
