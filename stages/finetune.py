@@ -297,7 +297,9 @@ def finetune(
         if not params.model.weights and model.caption_projection is not None:
             # From scratch: whiten by the training captions and fill the caption memory's keys (a
             # resumed run restores these buffers with the checkpoint).
-            model.caption_projection.fit_whitening(torch.unique(train.conditions[:, 0], dim=0))
+            model.caption_projection.fit_whitening(
+                torch.unique(model.attribute_vectors(train.conditions), dim=0)
+            )
             if model.caption_memory is not None and memory is not None:
                 model.caption_memory.set_keys(memory[0], memory[1])
     else:

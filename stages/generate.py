@@ -167,7 +167,7 @@ FIDELITY_KEYS = (
 
 def summary(record: dict) -> dict:
     """The numbers a person compares between cells (the rest stays in provenance.json)."""
-    keys = ("mean_score_kept", "diversity_kept")
+    keys = ("mean_score", "diversity")
     return {**pick(record, keys), **pick(record.get("fidelity", {}), FIDELITY_KEYS)}
 
 

@@ -36,6 +36,8 @@ FAKE_CHECKPOINT_SHA = "f" * 64
 # Captions the fake draws the same whatever the seed, as the demo model draws the captions it
 # learnt by heart: regenerating them cannot give anything new.
 SAME_EVERY_TIME = ("снеговик",)
+# How the fake "reads" captions, as a model on a text encoder says it (`Reading.line`).
+READINGS = {"синий кролик": "Понял как: кролик · синий"}
 
 
 @dataclasses.dataclass
@@ -80,7 +82,9 @@ class FakeGenerator:
             images.append(str(path))
         # Like ModelGenerator's: 0 when every attempt's image came up again, here by construction.
         chance = 0.0 if fixed else 1.0
-        return GenerationResult(images, [], time.perf_counter() - started, chance)
+        return GenerationResult(
+            images, [], time.perf_counter() - started, chance, READINGS.get(request.caption)
+        )
 
 
 def make_config(root: Path, **params: object) -> BotConfig:

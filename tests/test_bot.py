@@ -143,6 +143,15 @@ def test_newpack_caption_pick_emoji_makes_a_valid_set(fake, bot):
     assert "2 стик." in fake.say(user, "/mypacks", "Ваши наборы")["text"]
 
 
+def test_the_candidates_say_how_the_caption_was_read(fake, bot):
+    user = 1012
+    fake.say(user, "/newpack Цвета", "начат")
+    fake.say(user, "синий кролик", "Подпись принята")
+    keyboard = _candidates(fake, user)
+    assert keyboard["text"].startswith("Понял как: кролик · синий\n")
+    fake.say(user, "/cancel", "")
+
+
 def test_an_occupied_name_gets_a_numbered_suffix(fake, bot):
     user = 1002
     fake.add_set("sobaki_by_emojich_test_bot", owner=999)

@@ -69,7 +69,9 @@ def test_presets() -> None:
     assert (emojich.format, emojich.loss_img_weight) == ("v2", 1000)
     assert malevich.total_vocab_size == 24704 and malevich.seq_length == 1152
     demo = DalleConfig.preset("demo")
-    assert demo.vocab_size == 1024 + 24 and demo.image_seq_length == 64
+    assert demo.vocab_size == 1024 + 8 and demo.image_seq_length == 64
+    assert demo.conditioned and demo.text_encoder == "use-m3"
+    assert not DalleConfig.preset("demo-bpe").conditioned and not malevich.conditioned
     with pytest.raises(ValueError, match="unknown preset"):
         DalleConfig.preset("huge")
     with pytest.raises(ValueError, match="format"):

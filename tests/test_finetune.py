@@ -302,7 +302,7 @@ def test_caption_dropout_trains_a_share_of_pairs_without_their_caption():
     pairs = build_pairs(captions, torch.zeros(len(captions), 16, dtype=torch.long), tokenizer, 8, 32)
     seen = []
 
-    def model(text, codes, return_loss):
+    def model(text, codes, return_loss, condition=None):
         seen.append(text)
         return torch.zeros(()), {}
 

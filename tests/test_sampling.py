@@ -40,9 +40,9 @@ def _text(cfg: DalleConfig, captions: int = 1, seed: int = 5) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("fmt", ["v2", "v3"])
-@pytest.mark.parametrize("preset", ["tiny", "demo"])
+@pytest.mark.parametrize("preset", ["tiny", "demo-bpe"])
 def test_cached_decoding_equals_full_forward(fmt: str, preset: str) -> None:
-    model = _model(fmt, preset, scale=2.0 if preset == "demo" else 4.0)
+    model = _model(fmt, preset, scale=2.0 if preset == "demo-bpe" else 4.0)
     cfg = model.config
     assert set(cfg.layer_masks or ()) == {"row", "column", "conv"}
     text = _text(cfg, captions=2)

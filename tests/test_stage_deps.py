@@ -67,8 +67,8 @@ def declared(stage: str) -> set[Path]:
     files: set[Path] = set()
     for dep in deps:
         path = ROOT / dep
-        if not dep.startswith("emojich/"):
-            continue
+        if not dep.startswith("emojich/") or (path.is_file() and path.suffix != ".py"):
+            continue  # data a stage reads (a pinned file list, say), not code
         files |= set(path.rglob("*.py")) if path.is_dir() else {path}
     return files
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -27,16 +29,33 @@ def test_a_conditioned_model_reads_caption_vectors_and_nothing_else(conditioned)
     cfg = conditioned.config
     text = conditioned.blank_text(2)
     codes = torch.randint(0, cfg.image_vocab_size, (2, cfg.image_seq_length))
-    vectors = torch.randn(2, cfg.condition_dim)
+    vectors = torch.randn(2, 2, cfg.condition_dim)
     loss, parts = conditioned(text, codes, return_loss=True, condition=vectors)
     assert torch.isfinite(loss) and set(parts) == {"text", "image"}
     with pytest.raises(ValueError, match="needs caption vectors"):
         conditioned(text, codes)
     with pytest.raises(ValueError, match="needs caption vectors"):
-        conditioned(text, codes, condition=torch.randn(2, 7))
+        conditioned(text, codes, condition=torch.randn(2, cfg.condition_dim))
     # The caption changes the prediction: the vectors are read.
     other = conditioned(text, codes, condition=-vectors)
     assert not torch.allclose(conditioned(text, codes, condition=vectors), other)
+
+
+def test_the_caption_memory_finds_a_training_captions_own_slot_and_blends_for_new_ones():
+    cfg = dataclasses.replace(DalleConfig.preset("tiny-encoder"), memory_keys=3, memory_slots=2)
+    model = Dalle(cfg)
+    keys = torch.nn.functional.normalize(
+        torch.randn(3, cfg.condition_dim, generator=torch.Generator().manual_seed(2)), dim=1
+    )
+    model.caption_memory.set_keys(keys, torch.tensor([0, 0, 1]))  # two captions of one emoji
+    weights = model.caption_memory.weights(keys)
+    assert torch.allclose(weights, torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), atol=1e-3)
+    between = torch.nn.functional.normalize(keys[1] + keys[2], dim=0)
+    assert torch.allclose(model.caption_memory.weights(between[None]), torch.tensor([[0.5, 0.5]]), atol=1e-3)
+    # Kept in the checkpoint, so a loaded model looks up the same captions.
+    assert {"caption_memory.keys", "caption_memory.key_slots"} <= set(model.state_dict())
+    with pytest.raises(ValueError, match="do not fit"):
+        model.caption_memory.set_keys(keys[:2], torch.tensor([0, 1]))
 
 
 def test_the_published_text_path_has_no_projection_and_refuses_vectors():
@@ -48,7 +67,7 @@ def test_the_published_text_path_has_no_projection_and_refuses_vectors():
 
 def test_conditioned_sampling_is_deterministic_and_follows_the_caption(conditioned):
     cfg = conditioned.config
-    vectors = torch.randn(2, cfg.condition_dim, generator=torch.Generator().manual_seed(1))
+    vectors = torch.randn(2, 2, cfg.condition_dim, generator=torch.Generator().manual_seed(1))
     kwargs = dict(images_num=3, top_k=8, top_p=1.0, seed=5, progress=False, batch_size=2)
     first = generate(conditioned, conditioned.blank_text(2), conditions=vectors, **kwargs)
     again = generate(conditioned, conditioned.blank_text(2), conditions=vectors, **kwargs)

@@ -70,7 +70,7 @@ class Dispatcher:
                     result.seconds,
                 )
                 if not store.finish_generation(
-                    job.id, result.images, result.notes, seconds, result.new_image_chance
+                    job.id, result.images, result.notes, seconds, result.new_image_chance, result.read_as
                 ):
                     return  # cancelled while it was drawn: the user asked not to hear about it
             await self.deliver(store.job(job.id), application.bot)
@@ -103,9 +103,12 @@ class Dispatcher:
             store.mark_media_sent(job.id)
         if store.job(job.id).status != "generated":
             return  # cancelled between the two sends
+        text = texts.CANDIDATES.format(caption=job.caption)
+        if job.read_as:
+            text = f"{job.read_as}\n{text}"
         message = await bot.send_message(
             job.chat_id,
-            texts.CANDIDATES.format(caption=job.caption),
+            text,
             reply_markup=candidates_keyboard(job.id, len(job.candidates)),
         )
         store.mark_delivered(job.id, message.message_id)

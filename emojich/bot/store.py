@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     seconds REAL,                -- the worker's wall time for the job, for the wait estimates
     candidates TEXT,             -- JSON list of image paths, best first
     new_image_chance REAL,       -- chance that one more attempt draws an unseen image (0: never)
+    read_as TEXT,                -- how the model read the caption («кролик · синий»), if it says
     notes TEXT,                  -- JSON list of generation warnings
     start_notice_sent INTEGER NOT NULL DEFAULT 0,
     media_sent INTEGER NOT NULL DEFAULT 0,
@@ -88,7 +89,7 @@ CREATE TABLE IF NOT EXISTS blobs (
 # Columns added since the first release: a state file made before them gains them when opened.
 ADDED_COLUMNS = {
     "users": {"pending_caption": "TEXT"},
-    "jobs": {"new_image_chance": "REAL"},
+    "jobs": {"new_image_chance": "REAL", "read_as": "TEXT"},
 }
 
 # Jobs that hold a place in the queue (and count as the user's one active job).
@@ -123,6 +124,7 @@ class Job:
     choice: int | None
     emoji: list[str]
     new_image_chance: float | None  # None: not measured (a job from before the column existed)
+    read_as: str | None  # how the model read the caption; None for a model that does not say
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -143,6 +145,7 @@ class Job:
             choice=row["choice"],
             emoji=json.loads(row["emoji"] or "[]"),
             new_image_chance=row["new_image_chance"],
+            read_as=row["read_as"],
         )
 
 
@@ -386,16 +389,18 @@ class Store:
         notes: list[str],
         seconds: float,
         new_image_chance: float | None = None,
+        read_as: str | None = None,
     ) -> bool:
         """Record the candidates; False when the job was cancelled meanwhile (they are then unused)."""
         cursor = self.db.execute(
             "UPDATE jobs SET status = 'generated', candidates = ?, notes = ?, seconds = ?, "
-            "new_image_chance = ? WHERE id = ? AND status = 'running'",
+            "new_image_chance = ?, read_as = ? WHERE id = ? AND status = 'running'",
             (
                 json.dumps(candidates),
                 json.dumps(notes, ensure_ascii=False),
                 seconds,
                 new_image_chance,
+                read_as,
                 job_id,
             ),
         )

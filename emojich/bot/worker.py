@@ -48,6 +48,8 @@ class GenerationResult:
     # The chance that one more attempt would draw an image this job did not (`new_image_chance`);
     # 0 means another seed would draw the same images again. None: not measured.
     new_image_chance: float | None = None
+    # How a model that reads a text encoder read the caption («кролик · синий»); None otherwise.
+    read_as: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,9 +122,17 @@ class ModelGenerator:
             self.models, [request.caption], cell, self.params.attempts, self.paths.batch_size, progress=False
         )
         out = Path(request.out_dir)
-        write_ranked_images(out, run, self.models, self.params.candidates, self.paths.batch_size)
+        reading = self.models.read(request.caption)
+        readings = {request.caption: reading}
+        write_ranked_images(out, run, self.models, self.params.candidates, self.paths.batch_size, readings)
         images = sorted(str(path) for path in out.glob("p000-r*.png"))  # names sort by rank
-        return GenerationResult(images, run.notes, run.seconds, new_image_chance(run.prompts[0].codes))
+        return GenerationResult(
+            images,
+            run.notes,
+            run.seconds,
+            new_image_chance(run.prompts[0].codes),
+            reading.line() if reading is not None else None,
+        )
 
 
 def new_image_chance(codes: Any) -> float:

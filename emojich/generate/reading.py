@@ -50,6 +50,11 @@ class Reading:
         head = best.name if best.caption == best.name else f"{best.name} ({best.caption})"
         return " · ".join([head, *self.colours])
 
+    def line(self) -> str:
+        """The sentence a user is shown: «Понял как: кролик · синий» or «Не узнал: …»."""
+        text = self.text() if not self.confident else f"понял как: {self.text()}"
+        return text[0].upper() + text[1:]
+
     def to_record(self) -> dict:
         return {
             "read_as": self.text(),

@@ -67,7 +67,7 @@ MIN_HUE_DISTANCE = 60.0
 @dataclasses.dataclass(frozen=True)
 class ColourConfig:
     colours_per_emoji: int = 2
-    max_emoji: int = 400  # recoloured emoji at most (the first by a seeded hash)
+    max_emoji: int = 150  # recoloured emoji at most (the first by a seeded hash)
     held_out: frozenset[tuple[str, str]] = frozenset()  # (emoji sequence, colour name) never trained
 
 
