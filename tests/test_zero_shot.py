@@ -98,6 +98,23 @@ def test_a_caption_that_is_no_catalogue_name_is_read_as_its_nearest_emoji(reader
     assert reader.read("кролик синего цвета", encode).text() == "кролик · синий"
 
 
+def test_the_reader_loads_the_tokenize_stages_pairs(tmp_path):
+    from emojich.train.pairs import CaptionPairs, write_pairs
+
+    encoder = load_encoder()
+    (tmp_path / "index.csv").write_text("id,split,caption\ntwemoji-1f408,train,кошка\n", encoding="utf-8")
+    captions = ["кошка", "котенок", "синяя кошка"]
+    rows = [
+        ("train", "twemoji-1f408", c, k, col)
+        for c, k, col in zip(captions, ["name", "keyword", "colour"], ["", "", "синий"])
+    ]
+    vectors = encoder.condition(captions).to(torch.float16)
+    write_pairs(CaptionPairs(rows, torch.zeros(3, 4, dtype=torch.int32), vectors, {}), tmp_path)
+    reader = CaptionReader.load(tmp_path)
+    assert reader.captions == ["кошка", "котенок"]  # colour phrases are read by their words
+    assert reader.read("котик", encoder.encode).text().startswith("кошка")
+
+
 def test_a_hopeless_caption_says_so_instead_of_pretending(reader):
     reading = reader.read("квантовая хромодинамика", load_encoder().encode)
     assert not reading.confident

@@ -83,7 +83,9 @@ class CaptionReader:
             name_of = {row["id"]: row["caption"] for row in csv.DictReader(handle)}
         with open(folder / "pairs.csv", encoding="utf-8", newline="") as handle:
             rows = list(csv.DictReader(handle))
-        vectors = load_file(str(folder / "pairs.safetensors"))["vectors"]
+        vectors = load_file(str(folder / "pairs.safetensors"))["vectors"][
+            :, 0
+        ]  # the captions', not subjects'
         keep = [i for i, row in enumerate(rows) if row["split"] == "train" and row["kind"] != "colour"]
         return cls(
             [rows[i]["caption"] for i in keep],
