@@ -106,7 +106,7 @@ def test_the_reader_loads_the_tokenize_stages_pairs(tmp_path):
     captions = ["кошка", "котенок", "синяя кошка"]
     rows = [
         ("train", "twemoji-1f408", c, k, col)
-        for c, k, col in zip(captions, ["name", "keyword", "colour"], ["", "", "синий"])
+        for c, k, col in zip(captions, ["name", "keyword", "colour"], ["", "", "синий"], strict=True)
     ]
     vectors = encoder.condition(captions).to(torch.float16)
     write_pairs(CaptionPairs(rows, torch.zeros(3, 4, dtype=torch.int32), vectors, {}), tmp_path)
