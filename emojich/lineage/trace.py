@@ -551,7 +551,7 @@ def _trained_ids(train: list[dict[str, str]], per_caption: int | None) -> set[st
     them (`images_per_caption` of each caption); None when the stage did not record the setting."""
     if per_caption is None:
         return None
-    from emojich.train.finetune import limit_per_caption  # torch: imported only when needed
+    from emojich.train.pairs import limit_per_caption  # torch: imported only when needed
 
     ids = [row["id"] for row in train]
     return {ids[i] for i in limit_per_caption(ids, [row["caption"] for row in train], int(per_caption))}
