@@ -169,8 +169,10 @@ def tokenize(
     pair_record = {}
     if params.text.encoder:
         pairs = caption_pairs(params, rows, codes, images, model)
-        write_pairs(pairs, out)
         pair_record = {**pairs.record, **encoder_provenance()}
+    else:  # the published BPE path trains on index.csv; the outputs exist, empty
+        pairs = CaptionPairs([], codes[:0].to(torch.int32), torch.zeros(0, 2, 0, dtype=torch.float16), {})
+    write_pairs(pairs, out)
 
     count = params.grid_images
     # original, reconstruction, original, ...
