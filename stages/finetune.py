@@ -63,7 +63,14 @@ from emojich.train.finetune import (
     validation_loss,
 )
 from emojich.train.loop import StepLog, TrainConfig, Trainer
-from emojich.train.pairs import PAIRS_CSV, PAIRS_TENSORS, limit_per_caption, memory_table, read_pairs
+from emojich.train.pairs import (
+    PAIRS_CSV,
+    PAIRS_TENSORS,
+    MemoryTable,
+    limit_per_caption,
+    memory_table,
+    read_pairs,
+)
 
 TOKENS = Path("data/tokens")
 OUT = Path("data/finetune")
@@ -114,7 +121,7 @@ class FinetuneParams:
 
 
 def build_model(
-    params: ModelParams, tokenizer: TextTokenizer, vqgan: VQGan, memory: tuple[int, int] = (0, 0)
+    params: ModelParams, tokenizer: TextTokenizer, vqgan: VQGan, memory: MemoryTable | None = None
 ) -> tuple[Dalle, str]:
     """The transformer sized to the tokenizers (and, for an encoder-conditioned one, to its caption
     memory's keys and slots), and a label for the metrics."""
@@ -148,8 +155,9 @@ def build_model(
         loss_img_weight=params.loss_img_weight,
         layer_masks=None,
         conv_kernel=None,  # re-derived for the tokenizer's grid
-        memory_keys=memory[0] if cfg.conditioned else 0,
-        memory_slots=memory[1] if cfg.conditioned else 0,
+        memory_keys=len(memory.keys) if memory and cfg.conditioned else 0,
+        memory_slots=memory.slots if memory and cfg.conditioned else 0,
+        reference_codes=bool(memory and cfg.reference_codes),
     )
     return Dalle(cfg), f"dalle-{params.preset}-from-scratch"
 
@@ -224,7 +232,9 @@ def sample_sheet(
     return image_grid(images, columns=params.images_per_prompt)
 
 
-def conditioned_pairs(model: Dalle, tokens: Path, max_val: int) -> tuple[PairSet, PairSet]:
+def conditioned_pairs(
+    model: Dalle, tokens: Path, max_val: int, memory: MemoryTable | None = None
+) -> tuple[PairSet, PairSet]:
     """Training and validation pairs of an encoder-conditioned model, from the tokenize stage's
     caption pairs (`emojich.train.pairs`); validation holds the names of held-out emoji."""
     cfg = model.config
@@ -239,12 +249,20 @@ def conditioned_pairs(model: Dalle, tokens: Path, max_val: int) -> tuple[PairSet
         raise ValueError("caption pairs hold codes of another image tokenizer than this model's")
 
     def subset(chosen: list[int]) -> PairSet:
+        references = None
+        if cfg.reference_codes and memory is not None:
+            # Each training pair reads its own emoji's drawing (a recoloured one the uncoloured
+            # original); a held-out emoji's, the drawing its caption finds, as at sampling time.
+            slots = memory.pair_slots[chosen]
+            found = model.caption_memory.nearest_slot(vectors[chosen, 1].float())
+            references = memory.slot_codes[torch.where(slots >= 0, slots, found)]
         return PairSet(
             model.blank_text(len(chosen)),
             codes[chosen].long(),
             [rows[i]["caption"] for i in chosen],
             0,
             vectors[chosen],
+            references,
         )
 
     train = [i for i, row in enumerate(rows) if row["split"] == "train"]
@@ -276,10 +294,8 @@ def finetune(
     torch.manual_seed(params.train.seed)
     memory = None
     if DalleConfig.preset(params.model.preset).conditioned and (tokens / PAIRS_TENSORS).is_file():
-        memory = memory_table(*read_pairs(tokens)[::2])
-    model, variant = build_model(
-        params.model, tokenizer, vqgan, (len(memory[0]), memory[2]) if memory else (0, 0)
-    )
+        memory = memory_table(*read_pairs(tokens))
+    model, variant = build_model(params.model, tokenizer, vqgan, memory)
     model.to(device)
     frozen = freeze_for_finetune(model, params.freeze)
     cfg = model.config
@@ -293,15 +309,15 @@ def finetune(
         )
 
     if cfg.conditioned:
-        train, val = conditioned_pairs(model, tokens, params.eval.max_val_pairs)
+        if not params.model.weights and model.caption_memory is not None and memory is not None:
+            # From scratch: fill the caption memory (a resumed run restores it with the checkpoint).
+            model.caption_memory.set_keys(memory.keys, memory.key_slots, memory.slot_codes)
+        train, val = conditioned_pairs(model, tokens, params.eval.max_val_pairs, memory)
         if not params.model.weights and model.caption_projection is not None:
-            # From scratch: whiten by the training captions and fill the caption memory's keys (a
-            # resumed run restores these buffers with the checkpoint).
+            # From scratch: whiten by the training captions.
             model.caption_projection.fit_whitening(
                 torch.unique(model.attribute_vectors(train.conditions), dim=0)
             )
-            if model.caption_memory is not None and memory is not None:
-                model.caption_memory.set_keys(memory[0], memory[1])
     else:
         train = subset("train", params.images_per_caption)
         val = subset("val", limit=params.eval.max_val_pairs)

@@ -119,6 +119,14 @@ def image_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
+def reference_draws(seed: int, indices: Sequence[int]) -> torch.Tensor:
+    """One uniform per image for choosing the drawing a by-reference model reads: from its own
+    stream (not the codes'), so the codes' draws are the same whichever drawing is read."""
+    return torch.tensor(
+        [float(np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, i, 1]))).random()) for i in indices]
+    )
+
+
 def _image_uniforms(seed: int, indices: Sequence[int], steps: int) -> torch.Tensor:
     rows = []
     for index in indices:
@@ -217,6 +225,7 @@ class IncrementalDecoder:
         }
         self.batch = 0
         self.image_position = 0  # index of the next image code to feed
+        self.reference: torch.Tensor | None = None  # the drawing a by-reference model reads
 
     def _context(self) -> contextlib.AbstractContextManager[None]:
         if self.autocast:
@@ -228,7 +237,10 @@ class IncrementalDecoder:
         return self.model.image_logits(hidden).float()
 
     @torch.inference_mode()
-    def prefill(self, text_ids: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+    def prefill(
+        self, text_ids: torch.Tensor, condition: torch.Tensor | None = None, draws: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Run the caption; `draws` (one uniform per row) pick a by-reference model's drawings."""
         model, transformer = self.model, self.model.transformer
         text_ids = text_ids.to(self.device)
         condition = None if condition is None else condition.to(self.device)
@@ -236,8 +248,9 @@ class IncrementalDecoder:
         if b > self.keys.shape[1]:
             raise ValueError(f"batch of {b} captions exceeds the cache's batch size {self.keys.shape[1]}")
         self.batch, self.image_position = b, 0
+        self.reference = model.drawing_reference(condition, draws=None if draws is None else draws.to(self.device))
         with self._context():
-            x = model.embed_text(model.text_tokens(text_ids), condition)
+            x = model.embed_text(model.text_tokens(text_ids), condition, self.reference)
             n = x.shape[1]
             for index, (layer, kind) in enumerate(
                 zip(transformer.layers, transformer.layer_masks, strict=True)
@@ -260,7 +273,9 @@ class IncrementalDecoder:
         b = self.batch
         position = self.first_query + self.image_position
         with self._context():
-            x = model.embed_image(codes.to(self.device).view(b, 1), start=self.image_position)
+            x = model.embed_image(
+                codes.to(self.device).view(b, 1), start=self.image_position, reference=self.reference
+            )
             for index, (layer, kind) in enumerate(
                 zip(transformer.layers, transformer.layer_masks, strict=True)
             ):
@@ -370,7 +385,11 @@ def generate(
                     text = torch.cat([text, torch.zeros_like(text)])
                     if condition is not None:
                         condition = torch.cat([condition, torch.zeros_like(condition)])
-                logits = decoder.prefill(text, condition)
+                draws = None
+                if model.reference_embeddings is not None:
+                    draws = reference_draws(seed, indices)
+                    draws = torch.cat([draws, draws]) if guided else draws
+                logits = decoder.prefill(text, condition, draws)
                 for j in range(steps):
                     conditional, mixed = logits, None
                     if guided:

@@ -69,6 +69,9 @@ class DalleConfig:
     # and the learnt slots (one per training emoji) they point to. Set from the data.
     memory_keys: int = 0
     memory_slots: int = 0
+    # Draw by reference (needs a caption memory): each slot also keeps its emoji's image codes, and
+    # the position that predicts code p reads code p of the drawing the caption's memory finds.
+    reference_codes: bool = False
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -95,6 +98,8 @@ class DalleConfig:
             raise ValueError("condition_dim and text_encoder go together: both set, or 0 and empty")
         if bool(self.memory_keys) != bool(self.memory_slots) or (self.memory_keys and not self.condition_dim):
             raise ValueError("a caption memory needs keys, slots and a text encoder")
+        if self.reference_codes and not self.condition_dim:
+            raise ValueError("drawing by reference needs a text encoder and its caption memory")
 
     @property
     def conditioned(self) -> bool:
@@ -159,6 +164,7 @@ class DalleConfig:
                 output_dropout=0.0,
                 condition_dim=512,
                 text_encoder="use-m3",
+                reference_codes=True,
             ),
             # The demo's earlier shape: BPE captions learnt from scratch (a lookup table of the
             # catalogue's names; kept to compare with).
@@ -430,13 +436,41 @@ class CaptionMemory(nn.Module):
         self.register_buffer("keys", torch.zeros(cfg.memory_keys, cfg.condition_dim))
         self.register_buffer("key_slots", torch.zeros(cfg.memory_keys, dtype=torch.long))
         self.slots = Embedding(cfg.memory_slots, cfg.hidden_size)
+        # Each slot's drawing (its emoji's image codes), for a model that draws by reference.
+        self.slot_codes: torch.Tensor | None
+        if cfg.reference_codes:
+            self.register_buffer("slot_codes", torch.zeros(cfg.memory_slots, cfg.image_seq_length, dtype=torch.long))
+        else:
+            self.slot_codes = None
 
     @torch.no_grad()
-    def set_keys(self, keys: torch.Tensor, slots: torch.Tensor) -> None:
+    def set_keys(self, keys: torch.Tensor, slots: torch.Tensor, slot_codes: torch.Tensor | None = None) -> None:
         if keys.shape != self.keys.shape or slots.shape != self.key_slots.shape:
             raise ValueError(f"memory keys {tuple(keys.shape)} do not fit {tuple(self.keys.shape)}")
         self.keys.copy_(torch.nn.functional.normalize(keys.float(), dim=1))
         self.key_slots.copy_(slots)
+        if self.slot_codes is not None:
+            if slot_codes is None or slot_codes.shape != self.slot_codes.shape:
+                got = None if slot_codes is None else tuple(slot_codes.shape)
+                raise ValueError(f"slot drawings {got} do not fit {tuple(self.slot_codes.shape)}")
+            self.slot_codes.copy_(slot_codes)
+
+    def nearest_slot(self, subjects: torch.Tensor) -> torch.Tensor:
+        """[b]: the slot of each caption's nearest key (ties to the first)."""
+        return self.key_slots[(subjects.float() @ self.keys.T).argmax(dim=-1)]
+
+    def reference(self, subjects: torch.Tensor, draws: torch.Tensor | None = None) -> torch.Tensor:
+        """[b, image codes]: a drawing for each caption's subject. Without `draws`, the nearest
+        key's; with one uniform number per row, a slot drawn from the memory's own weights, so a
+        caption that reads several drawings («сердце», «кот») gets each in its share of images,
+        while a learnt name (all its weight on its own slot) keeps its drawing."""
+        if self.slot_codes is None:
+            raise ValueError("this caption memory keeps no drawings")
+        if draws is None:
+            return self.slot_codes[self.nearest_slot(subjects)]
+        cdf = self.weights(subjects).cumsum(dim=-1)
+        picks = torch.searchsorted(cdf, (draws.to(cdf) * cdf[:, -1:].squeeze(1)).unsqueeze(1), right=True)
+        return self.slot_codes[picks.squeeze(1).clamp(max=len(self.slot_codes) - 1)]
 
     def weights(self, subjects: torch.Tensor) -> torch.Tensor:
         """[b, slots]: how much a caption reads each slot."""
@@ -465,6 +499,7 @@ class Dalle(nn.Module):
         # Only in conditioned models, so the published files keep exactly their keys.
         self.caption_projection = CaptionProjection(cfg) if cfg.conditioned else None
         self.caption_memory = CaptionMemory(cfg) if cfg.memory_keys else None
+        self.reference_embeddings = Embedding(cfg.image_vocab_size, h) if cfg.reference_codes else None
         self.transformer = Transformer(cfg)
         self.to_logits = nn.Sequential(
             nn.LayerNorm(h, eps=cfg.layernorm_eps), nn.Linear(h, cfg.total_vocab_size)
@@ -506,7 +541,41 @@ class Dalle(nn.Module):
             return e * 0.1 + e.detach() * 0.9
         return e
 
-    def embed_text(self, text_tokens: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+    def drawing_reference(
+        self,
+        condition: torch.Tensor | None,
+        reference: torch.Tensor | None = None,
+        draws: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
+        """The codes `[b, image codes]` a model that draws by reference reads: `reference` when
+        given (training passes each pair's own emoji), else a drawing the caption memory finds
+        for each subject (`CaptionMemory.reference`, drawn with `draws` when given); -1 rows for a
+        caption-free row (zero vectors, as for guidance). None for other models."""
+        if self.reference_embeddings is None:
+            return None
+        if reference is None:
+            if condition is None or self.caption_memory is None:
+                raise ValueError("a model that draws by reference needs caption vectors")
+            subjects = condition[:, 1]
+            reference = self.caption_memory.reference(subjects, draws)
+            reference = reference.masked_fill(~subjects.abs().sum(dim=-1).gt(0)[:, None], -1)
+        return reference.long()
+
+    def _reference_inputs(self, reference: torch.Tensor, reads: torch.Tensor) -> torch.Tensor:
+        """Embeddings `[b, n, hidden]` of reference codes at `reads` (zero past the last code or for
+        a -1 row): what the positions predicting those codes add to their input."""
+        length = self.config.image_seq_length
+        codes = reference[:, reads.clamp(max=length - 1)]
+        present = (codes >= 0) & (reads < length)[None, :]
+        assert self.reference_embeddings is not None
+        return self.reference_embeddings(codes.clamp(min=0)) * present[..., None]
+
+    def embed_text(
+        self,
+        text_tokens: torch.Tensor,
+        condition: torch.Tensor | None = None,
+        reference: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Text positions' embeddings; a conditioned model adds what it reads from the caption
         vectors `condition` `[b, 2, condition_dim]` (the caption, then its subject without colour
         words; zeros stand for "no caption", as for guidance)."""
@@ -522,6 +591,9 @@ class Dalle(nn.Module):
             e = e + self.caption_projection(self.attribute_vectors(condition).to(e.dtype))
             if self.caption_memory is not None:
                 e = e + self.caption_memory(condition[:, 1])[:, None, :].to(e.dtype)
+            if reference is not None:  # the last text position predicts the first code
+                first = self._reference_inputs(reference, torch.zeros(1, dtype=torch.long, device=e.device))
+                e = torch.cat([e[:, :-1], e[:, -1:] + first.to(e.dtype)], dim=1)
         elif condition is not None:
             raise ValueError("this model reads BPE captions; it takes no caption vectors")
         return self.embedding_dropout(e)
@@ -538,8 +610,11 @@ class Dalle(nn.Module):
         """All-padding text ids: what a conditioned model reads beside its caption vectors."""
         return torch.zeros(count, self.config.text_seq_length, dtype=torch.long, device=device)
 
-    def embed_image(self, image_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Embed image codes `[b, n]` that sit at image positions `start .. start + n - 1`."""
+    def embed_image(
+        self, image_ids: torch.Tensor, start: int = 0, reference: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Embed image codes `[b, n]` that sit at image positions `start .. start + n - 1`; with a
+        drawing `reference`, each position also reads the reference's code it is to predict."""
         grid = self.config.image_tokens_per_dim
         positions = torch.arange(start, start + image_ids.shape[1], device=image_ids.device)
         e = (
@@ -547,7 +622,10 @@ class Dalle(nn.Module):
             + self.image_row_embeddings(positions // grid)
             + self.image_col_embeddings(positions % grid)
         )
-        return self.embedding_dropout(self._shrink_gradient(e))
+        e = self.embedding_dropout(self._shrink_gradient(e))
+        if reference is not None:
+            e = e + self._reference_inputs(reference, positions + 1).to(e.dtype)
+        return e
 
     def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the image vocabulary only, from final hidden states (a slice of `to_logits`)."""
@@ -563,6 +641,7 @@ class Dalle(nn.Module):
         image_ids: torch.Tensor | None = None,
         return_loss: bool = False,
         condition: torch.Tensor | None = None,
+        reference: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits `[b, L, vocab_size + image_vocab_size]` at every position, as released.
 
@@ -572,7 +651,8 @@ class Dalle(nn.Module):
         """
         cfg = self.config
         tokens = self.text_tokens(text_ids)
-        parts = [self.embed_text(tokens, condition)]
+        reference = self.drawing_reference(condition, reference)
+        parts = [self.embed_text(tokens, condition, reference)]
         if image_ids is None:
             image_ids = text_ids.new_zeros((text_ids.shape[0], 0))
         if image_ids.ndim != 2 or image_ids.shape[1] > cfg.image_seq_length:
@@ -582,7 +662,7 @@ class Dalle(nn.Module):
         # v2's leading token pushes the last image code out of the sequence; it is only ever a label.
         usable = image_ids[:, : cfg.seq_length - cfg.text_positions]
         if usable.shape[1]:
-            parts.append(self.embed_image(usable))
+            parts.append(self.embed_image(usable, reference=reference))
         hidden = self.transformer(torch.cat(parts, dim=1))
         logits = self.to_logits(hidden)
         if not return_loss:

@@ -52,6 +52,8 @@ class PairSet:
     truncated: int  # captions cut to fit the text length (they lose their eos)
     # Caption vectors [N, dim] for a model conditioned on a text encoder (its text rows are padding).
     conditions: torch.Tensor | None = None
+    # Drawings [N, grid * grid] a model that draws by reference reads (None: it finds them itself).
+    references: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -59,10 +61,14 @@ class PairSet:
     def rows(self, rows: list[int] | slice) -> PairSet:
         captions = self.captions[rows] if isinstance(rows, slice) else [self.captions[r] for r in rows]
         conditions = None if self.conditions is None else self.conditions[rows]
-        return PairSet(self.text[rows], self.codes[rows], captions, 0, conditions)
+        references = None if self.references is None else self.references[rows]
+        return PairSet(self.text[rows], self.codes[rows], captions, 0, conditions, references)
 
     def condition(self, rows, device: torch.device) -> torch.Tensor | None:
         return None if self.conditions is None else self.conditions[rows].to(device)
+
+    def reference(self, rows, device: torch.device) -> torch.Tensor | None:
+        return None if self.references is None else self.references[rows].to(device)
 
     def head(self, count: int) -> PairSet:
         return self.rows(slice(0, count))
@@ -125,17 +131,21 @@ def pair_loss(pairs: PairSet, device: torch.device, caption_dropout: float = 0.0
     def loss(model: Dalle, indices: torch.Tensor):
         text = pairs.text[indices]
         condition = pairs.conditions[indices] if pairs.conditions is not None else None
+        reference = pairs.references[indices] if pairs.references is not None else None
         if caption_dropout:
             dropped = torch.rand(len(indices)) < caption_dropout
             text = text.masked_fill(dropped[:, None], TextTokenizer.pad_id)
             if condition is not None:  # zeros: what guidance feeds as "no caption"
                 condition = condition.masked_fill(dropped[:, None], 0.0)
+            if reference is not None:  # -1: no drawing to read
+                reference = reference.masked_fill(dropped[:, None], -1)
         rows = distributed.local_rows(len(indices))
         return model(
             text[rows].to(device),
             pairs.codes[indices[rows]].to(device),
             return_loss=True,
             condition=None if condition is None else condition[rows].to(device),
+            reference=None if reference is None else reference[rows].to(device),
         )
 
     return loss
@@ -151,7 +161,13 @@ def validation_loss(model: Dalle, pairs: PairSet, batch_size: int, device: torch
         batch = slice(start, start + batch_size)
         text = pairs.text[batch].to(device)
         codes = pairs.codes[batch].to(device)
-        loss, parts = model(text, codes, return_loss=True, condition=pairs.condition(batch, device))
+        loss, parts = model(
+            text,
+            codes,
+            return_loss=True,
+            condition=pairs.condition(batch, device),
+            reference=pairs.reference(batch, device),
+        )
         count = len(text)
         totals["loss"] += float(loss) * count
         totals["text"] += float(parts["text"]) * count

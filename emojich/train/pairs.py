@@ -214,18 +214,41 @@ def read_pairs(folder: Path) -> tuple[list[dict[str, str]], torch.Tensor, torch.
     return rows, tensors["codes"], tensors["vectors"].float()
 
 
-def memory_table(
-    rows: Sequence[dict[str, str]], vectors: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The caption memory's keys (every distinct training caption but colour phrases), the slot each
-    points to (one per training emoji), and the number of slots."""
+@dataclasses.dataclass
+class MemoryTable:
+    """What a caption memory holds: `keys` (every distinct training caption but colour phrases,
+    [K, dim]), the slot each points to (`key_slots`, one slot per training emoji), each slot's
+    drawing (`slot_codes`, the emoji's uncoloured image codes) and each pair's slot (`pair_slots`,
+    -1 for pairs of held-out emoji)."""
+
+    keys: torch.Tensor
+    key_slots: torch.Tensor
+    slot_codes: torch.Tensor
+    pair_slots: torch.Tensor
+
+    @property
+    def slots(self) -> int:
+        return len(self.slot_codes)
+
+
+def memory_table(rows: Sequence[dict[str, str]], codes: torch.Tensor, vectors: torch.Tensor) -> MemoryTable:
+    """The caption memory of the training pairs (`read_pairs`' rows, codes and vectors)."""
     emoji: dict[str, int] = {}
+    drawings: list[int] = []  # per slot: a row holding the emoji's uncoloured codes
     keys: dict[str, tuple[int, int]] = {}
     for row_index, row in enumerate(rows):
         if row["split"] != "train" or row["kind"] == "colour":
             continue
         slot = emoji.setdefault(row["id"], len(emoji))
+        if slot == len(drawings):
+            drawings.append(row_index)
         keys.setdefault(row["caption"], (row_index, slot))
     ordered = sorted(keys.values())
     rows_of_keys = [row for row, _ in ordered]
-    return vectors[rows_of_keys, 0].float(), torch.tensor([slot for _, slot in ordered]), len(emoji)
+    pair_slots = [emoji.get(row["id"], -1) if row["split"] == "train" else -1 for row in rows]
+    return MemoryTable(
+        keys=vectors[rows_of_keys, 0].float(),
+        key_slots=torch.tensor([slot for _, slot in ordered], dtype=torch.long),
+        slot_codes=codes[drawings].long(),
+        pair_slots=torch.tensor(pair_slots, dtype=torch.long),
+    )
