@@ -2,7 +2,9 @@
 
 The fake generator draws a coloured disc per candidate on white (so the contour cut has
 something to cut) and writes the same files and sidecar keys as the real one, without torch; an
-optional delay makes a slow job. Background removal is the real StickerCutter (contour method).
+optional delay (per caption, if wanted) makes a slow job, which reports its progress as the real
+one does: sampling steps, then a last stretch without reports (decoding). Background removal is
+the real StickerCutter (contour method).
 
 `python -m tests.bot_harness --api-url URL --token T --root DIR` serves a bot with the fake
 generator as its own process, for the test that kills the bot mid-job.
@@ -27,6 +29,7 @@ from emojich.bot.app import BotRun, run_bot, setup_logging
 from emojich.bot.config import BotConfig, BotParams, ModelPaths
 from emojich.bot.services import Services
 from emojich.bot.worker import GenerationRequest, GenerationResult, ModelInfo, StickerCutter
+from emojich.foundation.progress import OnProgress
 from emojich.foundation.storage import sha256_bytes, write_bytes_atomic, write_json_atomic
 
 TOKEN = "123456789:TEST-token-never-logged_abcdefghij"
@@ -45,16 +48,21 @@ class FakeGenerator:
     candidates: int = 4
     delay: float = 0.0  # seconds per job, slept in the worker process
     text_tokens: int = 40  # caption length limit, counted in characters (no tokenizer)
+    delays: dict[str, float] = dataclasses.field(default_factory=dict)  # per caption, instead of `delay`
+    steps: int = 20  # progress reports per job, spread over its first `sampling_share` of the delay
+    sampling_share: float = 0.6
 
     def load(self) -> ModelInfo:
         return ModelInfo(self.text_tokens, None, "fake generator")
 
-    def __call__(self, request: GenerationRequest) -> GenerationResult:
+    def __call__(
+        self, request: GenerationRequest, /, on_progress: OnProgress | None = None
+    ) -> GenerationResult:
         started = time.perf_counter()
         out = Path(request.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "started").write_text("", encoding="utf-8")  # lets a test kill the bot mid-job
-        time.sleep(self.delay)
+        self._draw(self.delays.get(request.caption, self.delay), on_progress)
         images = []
         fixed = request.caption in SAME_EVERY_TIME
         for rank in range(self.candidates):
@@ -86,6 +94,15 @@ class FakeGenerator:
             images, [], time.perf_counter() - started, chance, READINGS.get(request.caption)
         )
 
+    def _draw(self, delay: float, on_progress: OnProgress | None) -> None:
+        """Sleep `delay` like a model: steps at an even pace, reported, then decoding unreported."""
+        step = delay * self.sampling_share / self.steps
+        for done in range(1, self.steps + 1):
+            time.sleep(step)
+            if on_progress is not None:
+                on_progress(done, self.steps)
+        time.sleep(delay * (1 - self.sampling_share))
+
 
 def make_config(root: Path, **params: object) -> BotConfig:
     """Settings for a test bot under `root`: short polls, no U-Net (the contour method cuts)."""
@@ -104,12 +121,18 @@ def make_config(root: Path, **params: object) -> BotConfig:
     return BotConfig(BotParams(**values), paths, root.resolve())  # type: ignore[arg-type]
 
 
-def fake_run(config: BotConfig, api_url: str, delay: float = 0.0, token: str = TOKEN) -> BotRun:
+def fake_run(
+    config: BotConfig,
+    api_url: str,
+    delay: float = 0.0,
+    token: str = TOKEN,
+    delays: dict[str, float] | None = None,
+) -> BotRun:
     return BotRun(
         config,
         token,
         api_url,
-        generator=FakeGenerator(config.params.candidates, delay),
+        generator=FakeGenerator(config.params.candidates, delay, delays=delays or {}),
         cutter=StickerCutter(config.models, config.params.sticker_format, threads=1),
     )
 

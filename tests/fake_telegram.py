@@ -8,7 +8,10 @@ with the files as parts, and `{"ok": ..., "result" | "description": ...}` answer
   button presses as updates; `getUpdates` serves them with Telegram's offset semantics (an update
   is gone once a later offset confirms it) and long-polls while there are none, so the bot runs
   real polling.
-- Every call is recorded (method, fields, uploaded file bytes, the error if one was returned).
+- Every call is recorded (method, fields, uploaded file bytes, when it came, the error if one was
+  returned). `refuse` makes a method fail with a given error, to see how the bot takes it.
+- Messages are edited and deleted as on Telegram: an edit that changes nothing is refused with
+  "message is not modified", and a deleted message is gone from the chat.
 - Sticker sets live in memory, and the rules are enforced with Telegram's error texts:
   PACK_SHORT_NAME_INVALID, PACK_SHORT_NAME_OCCUPIED, STICKER_PNG_DIMENSIONS, STICKERSET_INVALID,
   STICKERS_TOO_MUCH, STICKER_EMOJI_INVALID. Thumbnail errors use the fake's own wording
@@ -49,6 +52,7 @@ _SET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _JSON_FIELDS = {
     "chat_id", "user_id", "offset", "limit", "timeout", "message_id", "show_alert", "reply_markup",
     "media", "stickers", "sticker", "allowed_updates", "commands", "emoji_list", "drop_pending_updates",
+    "disable_notification",
 }  # fmt: skip
 
 
@@ -65,6 +69,7 @@ class Call:
     params: dict[str, Any]
     files: dict[str, bytes]
     error: str | None = None
+    at: float = dataclasses.field(default_factory=time.monotonic)  # when the request came
 
 
 @dataclasses.dataclass
@@ -97,6 +102,8 @@ class FakeTelegram:
         # Seconds to hold the answer to a method after doing its work: a bot killed meanwhile
         # never learns that the call succeeded, as after a crash or a lost connection.
         self.delays: dict[str, float] = {}
+        # Methods answered with this error instead of being done, e.g. {"editMessageText": "Bad Request: ..."}.
+        self.refuse: dict[str, str] = {}
         self._ids = itertools.count(1)
         self._update_ids = itertools.count(1)
         self.port = 0
@@ -290,6 +297,8 @@ class FakeTelegram:
                 result = await self._get_updates(params)
             elif handler is None:
                 raise ApiError("Not Found: method not found", 404)
+            elif method in self.refuse:
+                raise ApiError(self.refuse[method])
             else:
                 with self.lock:
                     result = handler(params, files)
@@ -373,11 +382,26 @@ class FakeTelegram:
 
     def api_editMessageText(self, params: dict, files: dict) -> dict:
         message = self._find(int(params["chat_id"]), int(params["message_id"]))
+        same_markup = message.get("reply_markup") == params.get("reply_markup")
+        if message.get("text") == params["text"] and same_markup:
+            raise ApiError(
+                "Bad Request: message is not modified: specified new message content and reply markup "
+                "are exactly the same as a current content and reply markup of the message"
+            )
         message["text"] = params["text"]
         message.pop("reply_markup", None)
         if "reply_markup" in params:
             message["reply_markup"] = params["reply_markup"]
         return message
+
+    def api_deleteMessage(self, params: dict, files: dict) -> bool:
+        chat_id, message_id = int(params["chat_id"]), int(params["message_id"])
+        messages = self.chats.get(chat_id, [])
+        for index, message in enumerate(messages):
+            if message["message_id"] == message_id:
+                del messages[index]
+                return True
+        raise ApiError("Bad Request: message to delete not found")
 
     def api_editMessageReplyMarkup(self, params: dict, files: dict) -> dict:
         message = self._find(int(params["chat_id"]), int(params["message_id"]))

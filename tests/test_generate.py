@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from emojich import cli
-from emojich.generate.cell import code_diversity, rank_by_score
+from emojich.generate.cell import code_diversity, rank_by_score, sample_cell
 from emojich.generate.grid import SamplingCell
 from emojich.generate.loading import DWT_DECODER, LANCZOS_FALLBACK, SELF_TRAINED, TARGET_SIZE, load_models
 from emojich.generate.prompts import PromptList, check_prompt, parse_prompts, read_prompts, require_prompt
@@ -241,6 +241,18 @@ def test_a_cell_with_a_reference_measures_caption_retrieval_and_records_guidance
     assert json.loads((tmp_path / "metrics.json").read_text())["guidance"] == 2.0
     sidecar = json.loads(next((tmp_path / "kept").glob("*.json")).read_text(encoding="utf-8"))
     assert sidecar["guidance"] == 2.0
+
+
+def test_a_cells_progress_counts_the_tokens_of_all_its_batches(models):
+    reports = []
+    cell = SamplingCell(top_k=16, top_p=0.95, temperature=1.0, seed=42)
+    sample_cell(
+        models, CAPTIONS[:2], cell, 3, batch_size=2, progress=False, on_progress=lambda *r: reports.append(r)
+    )
+    grid = models.dalle.config.image_seq_length
+    assert {total for _, total in reports} == {2 * 3 * grid}  # 2 captions x 3 attempts, in 4 batches
+    dones = [done for done, _ in reports]
+    assert dones == sorted(dones) and len(set(dones)) == len(dones) and dones[-1] == 2 * 3 * grid
 
 
 def test_same_seed_gives_identical_files_and_another_seed_other_images(models, tmp_path):

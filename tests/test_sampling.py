@@ -106,6 +106,21 @@ def test_same_seed_same_images_whatever_the_batch_size() -> None:
     assert not torch.equal(one.codes[0], one.codes[1])  # images of one run differ from each other
 
 
+def test_on_progress_counts_every_token_and_changes_no_image() -> None:
+    model = _model()
+    text = _text(model.config)
+    reports: list[tuple[int, int]] = []
+    kwargs = {"images_num": 3, "top_k": 16, "seed": 11, "batch_size": 2, "progress": False}
+    reported = generate(model, text, on_progress=lambda done, total: reports.append((done, total)), **kwargs)
+    plain = generate(model, text, **kwargs)
+    assert torch.equal(reported.codes, plain.codes)
+    steps = model.config.image_seq_length
+    assert len(reports) == 2 * steps  # a report per step of each of the two batches
+    assert {total for _, total in reports} == {3 * steps}
+    dones = [done for done, _ in reports]
+    assert dones == sorted(dones) and dones[0] == 2 and dones[-1] == 3 * steps
+
+
 def test_scores_are_mean_nll_under_the_raw_model() -> None:
     model = _model("v2")
     cfg = model.config

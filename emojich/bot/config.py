@@ -43,6 +43,10 @@ class BotParams:
     # last jobs is used). The demo model on 2 CPU cores draws 8 attempts in about 0.5 s; a larger
     # model (the paper profile's) should say its own.
     first_guess_s: float = 1.0
+    # Seconds between edits of a job's progress message («Рисую… 40 %»). Telegram allows a chat
+    # about one message a second, edits included, and answers faster bots with flood waits that
+    # hold every call; 3 s keeps well clear. A job shorter than this shows no progress at all.
+    progress_interval_s: float = 3.0
 
     def __post_init__(self) -> None:
         for name in ("attempts", "daily_quota", "max_queue", "poll_timeout"):
@@ -51,10 +55,10 @@ class BotParams:
                 raise ValueError(f"bot.{name} must be an integer >= 1, got {value!r}")
         if not 2 <= self.candidates <= min(10, self.attempts):
             raise ValueError(f"bot.candidates must be 2-10 and at most bot.attempts, got {self.candidates}")
-        if isinstance(self.first_guess_s, bool) or not (
-            isinstance(self.first_guess_s, int | float) and self.first_guess_s > 0
-        ):
-            raise ValueError(f"bot.first_guess_s must be a number > 0, got {self.first_guess_s!r}")
+        for name in ("first_guess_s", "progress_interval_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, int | float) and value > 0):
+                raise ValueError(f"bot.{name} must be a number > 0, got {value!r}")
         if self.sticker_format not in FORMATS:
             raise ValueError(f"bot.sticker_format must be one of {', '.join(FORMATS)}")
 

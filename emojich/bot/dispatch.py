@@ -2,7 +2,8 @@
 
 `pump` is a JobQueue callback: it runs every few seconds (so jobs left by a restart start on
 their own) and right after a caption is queued. It only claims a job and hands it to a task,
-so the event loop is never held while the worker draws.
+so the event loop is never held while the worker draws. While it draws, the user sees how far
+it got (progress.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, InputMedia
 from telegram.ext import Application, CallbackContext
 
 from emojich.bot import texts
+from emojich.bot.progress import ProgressMessage
 from emojich.bot.services import Services
 from emojich.bot.store import Job
 from emojich.bot.worker import GenerationRequest, GenerationResult
@@ -50,14 +52,16 @@ class Dispatcher:
 
     async def _work(self, job: Job, application: Application) -> None:
         store = self.services.store
+        progress = ProgressMessage(self.services, job, application.bot)
         try:
             if job.status == "running":
                 await self._announce_start(job, application.bot)
                 started = time.monotonic()
-                result: GenerationResult = await self.services.generation.run(
-                    GenerationRequest(
-                        job.id, job.caption, job.seed, str(self.services.jobs_dir / f"{job.id:06d}")
-                    )
+                request = GenerationRequest(
+                    job.id, job.caption, job.seed, str(self.services.jobs_dir / f"{job.id:06d}")
+                )
+                result: GenerationResult = await progress.follow(
+                    self.services.generation.run(request, on_progress=progress.report)
                 )
                 # What the user waits for is the whole job (sampling, decoding, upscaling, files and
                 # the hop to the worker), not the sampling alone: that is what the estimates use.
@@ -80,6 +84,9 @@ class Dispatcher:
             await application.bot.send_message(job.chat_id, texts.FAILED.format(caption=job.caption))
         finally:
             self.busy = False
+            # Deleted only once the candidates or the failure notice are out, so the chat always
+            # shows the one or the other.
+            await progress.close()
             if application.job_queue is not None:
                 application.job_queue.run_once(self.pump, 0)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import statistics
 from collections.abc import Callable
@@ -21,6 +22,8 @@ class Services:
     model: ModelInfo
     count_tokens: Callable[[str], int]
     bot_username: str = ""  # from getMe, once the bot has started
+    # Things worth watching that never stop a job, e.g. refused progress edits (progress.REFUSED).
+    counters: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
 
     @property
     def jobs_dir(self) -> Path:

@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     start_notice_sent INTEGER NOT NULL DEFAULT 0,
     media_sent INTEGER NOT NULL DEFAULT 0,
     keyboard_message_id INTEGER,
+    progress_message_id INTEGER, -- the job's «Рисую… 40 %» message while it shows; deleted at the end
     choice INTEGER,
     emoji TEXT,                  -- JSON list
     error TEXT
@@ -89,7 +90,7 @@ CREATE TABLE IF NOT EXISTS blobs (
 # Columns added since the first release: a state file made before them gains them when opened.
 ADDED_COLUMNS = {
     "users": {"pending_caption": "TEXT"},
-    "jobs": {"new_image_chance": "REAL", "read_as": "TEXT"},
+    "jobs": {"new_image_chance": "REAL", "read_as": "TEXT", "progress_message_id": "INTEGER"},
 }
 
 # Jobs that hold a place in the queue (and count as the user's one active job).
@@ -125,6 +126,7 @@ class Job:
     emoji: list[str]
     new_image_chance: float | None  # None: not measured (a job from before the column existed)
     read_as: str | None  # how the model read the caption; None for a model that does not say
+    progress_message_id: int | None  # the status message showing the job's progress, if one was sent
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -146,6 +148,7 @@ class Job:
             emoji=json.loads(row["emoji"] or "[]"),
             new_image_chance=row["new_image_chance"],
             read_as=row["read_as"],
+            progress_message_id=row["progress_message_id"],
         )
 
 
@@ -405,6 +408,10 @@ class Store:
             ),
         )
         return cursor.rowcount == 1
+
+    def set_progress_message(self, job_id: int, message_id: int | None) -> None:
+        """Remember the job's status message (None: it is gone), so a restart deletes a stale one."""
+        self.db.execute("UPDATE jobs SET progress_message_id = ? WHERE id = ?", (message_id, job_id))
 
     def mark_media_sent(self, job_id: int) -> None:
         self.db.execute("UPDATE jobs SET media_sent = 1 WHERE id = ?", (job_id,))

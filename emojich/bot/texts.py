@@ -53,6 +53,11 @@ BUSY = "Я ещё рисую вашу прошлую подпись «{caption}�
 QUOTA = "На сегодня лимит исчерпан: {quota} подписей в день. Приходите завтра!"
 QUEUE_FULL = "Сейчас очень много желающих: в очереди {waiting} подписей. Попробуйте через несколько минут."
 FAILED = "Не получилось нарисовать «{caption}». Попробуйте ещё раз или другую подпись."
+# The one status message of a job being drawn, edited as it goes and deleted when the candidates come.
+PROGRESS = "Рисую «{caption}»… {percent} %"
+PROGRESS_LEFT = "Рисую «{caption}»… {percent} % · осталось {left}"
+PROGRESS_FINISHING = "Рисую «{caption}»… почти готово"  # sampled; decoding and upscaling remain
+PROGRESS_ENDED = "«{caption}»: рисование закончено."  # only where Telegram refused to delete it
 
 CANDIDATES = "Варианты для «{caption}». Выберите один:"
 REGENERATE = "🔄 Ещё варианты"
@@ -102,3 +107,24 @@ def eta(seconds: float) -> str:
     if seconds < 60:
         return f"около {round(seconds / 5) * 5} с"
     return f"около {round(seconds / 60)} мин"
+
+
+def left(seconds: float) -> str:
+    """What is left of a job, for its progress line: coarser as it grows, so the line changes only
+    when the news is worth an edit."""
+    if seconds < 10:
+        return f"~{max(1, round(seconds))} с"
+    if seconds < 60:
+        return f"~{round(seconds / 5) * 5} с"
+    return f"~{round(seconds / 60)} мин"
+
+
+def progress(caption: str, done: int, total: int, seconds_left: float | None) -> str:
+    """The progress line for `done` of `total` steps. Percents are floored, so the line never says
+    100 % while steps remain; once all are done it says «почти готово» (decoding is left)."""
+    if done >= total:
+        return PROGRESS_FINISHING.format(caption=caption)
+    percent = done * 100 // total
+    if seconds_left is None:
+        return PROGRESS.format(caption=caption, percent=percent)
+    return PROGRESS_LEFT.format(caption=caption, percent=percent, left=left(seconds_left))

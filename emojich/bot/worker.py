@@ -5,6 +5,9 @@ pool (`WorkerPool`). A pool is started with a *task*: a picklable object whose `
 in the worker (models stay loaded between jobs) and whose call does one job. Results are files
 (written to a temporary name, then renamed) and small dataclasses, never tensors, so nothing big
 crosses the process boundary. Tests start pools with fake tasks that do not import torch.
+
+A task may also take `on_progress(done, total)` (`ReportingTask`): the pool then relays what it
+reports to a callback on the bot's event loop (`WorkerPool.run(request, on_progress=...)`).
 """
 
 from __future__ import annotations
@@ -12,15 +15,20 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import itertools
 import logging
 import multiprocessing
+import multiprocessing.context
+import multiprocessing.queues
 import os
+import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from emojich.bot.config import BotParams, ModelPaths
+from emojich.foundation.progress import OnProgress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +79,13 @@ class CutResult:
 class Task(Protocol):
     def load(self) -> Any: ...
 
-    def __call__(self, request: Any) -> Any: ...
+    def __call__(self, request: Any, /) -> Any: ...
+
+
+class ReportingTask(Task, Protocol):
+    """A task that says how far a job got; `on_progress` runs in the worker and returns at once."""
+
+    def __call__(self, request: Any, /, on_progress: OnProgress | None = None) -> Any: ...
 
 
 # ----- the real tasks -----
@@ -111,7 +125,11 @@ class ModelGenerator:
             description=f"{Path(self.paths.checkpoint).name}, 512 px by {self.models.output_method}",
         )
 
-    def __call__(self, request: GenerationRequest) -> GenerationResult:
+    def __call__(
+        self, request: GenerationRequest, /, on_progress: OnProgress | None = None
+    ) -> GenerationResult:
+        """Sampling reports its image tokens through `on_progress`; decoding and upscaling follow
+        the last one (the bot says "almost done" then)."""
         from emojich.generate.cell import sample_cell
         from emojich.generate.grid import SamplingCell
         from emojich.generate.records import write_ranked_images
@@ -119,7 +137,13 @@ class ModelGenerator:
         params = self.params
         cell = SamplingCell(params.top_k, params.top_p, params.temperature, request.seed, params.guidance)
         run = sample_cell(
-            self.models, [request.caption], cell, self.params.attempts, self.paths.batch_size, progress=False
+            self.models,
+            [request.caption],
+            cell,
+            self.params.attempts,
+            self.paths.batch_size,
+            progress=False,
+            on_progress=on_progress,
         )
         out = Path(request.out_dir)
         reading = self.models.read(request.caption)
@@ -210,6 +234,7 @@ def _relative(path: Path, root: Path) -> str:
 # ----- the worker process side -----
 
 _TASK: Task | None = None
+_PROGRESS: multiprocessing.queues.Queue | None = None  # to the bot process's `_ProgressRelay`
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -221,13 +246,16 @@ def _exit_with_parent(parent: int) -> None:
             os._exit(0)
 
 
-def _initialise(task: Task, parent: int) -> None:
-    global _TASK
+def _initialise(task: Task, parent: int, progress: multiprocessing.queues.Queue) -> None:
+    global _TASK, _PROGRESS
     # The library's warnings (a clamped top_k, a Latin-only caption) reach the bot's log this way;
     # workers never see the token, so they need no redaction.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s (worker): %(message)s")
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     _TASK = task
+    # Reports are best-effort: a worker that exits must not wait for them to reach the pipe.
+    progress.cancel_join_thread()
+    _PROGRESS = progress
 
 
 def _load() -> Any:
@@ -235,12 +263,85 @@ def _load() -> Any:
     return _TASK.load()
 
 
-def _run(request: Any) -> Any:
+class _Reporter:
+    """A job's `on_progress` in the worker: puts only whole-percent changes on the queue.
+
+    The sampler calls it at every step (thousands per job); a hundred small tuples per job are
+    all the bot needs. `put` hands them to the queue's feeder thread, so the sampler never waits.
+    """
+
+    def __init__(self, call: int, reports: multiprocessing.queues.Queue):
+        self.call = call
+        self.reports = reports
+        self.percent = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = done * 100 // total if total > 0 else 0
+        if percent != self.percent:
+            self.percent = percent
+            self.reports.put((self.call, done, total))
+
+
+def _run(request: Any, call: int | None = None) -> Any:
     assert _TASK is not None
-    return _TASK(request)
+    if call is None or _PROGRESS is None:
+        return _TASK(request)
+    return cast(ReportingTask, _TASK)(request, on_progress=_Reporter(call, _PROGRESS))
 
 
 # ----- the bot side -----
+
+
+class _ProgressRelay:
+    """Carries `(call, done, total)` from a worker process to the callback of that call, on the
+    event loop that made the call.
+
+    A thread of its own waits on the queue, so reports arrive as they are made and the event
+    loop never waits on the pipe. Reports of a call nobody listens to any more (a late one, after
+    the job's answer) are dropped. The bot process only reads the queue: writing to it would
+    start a feeder thread that interpreter exit waits for, and a worker killed mid-report can
+    leave the queue's write lock taken.
+    """
+
+    POLL_S = 0.5  # how soon the thread notices `close()`
+
+    def __init__(self, context: multiprocessing.context.BaseContext, name: str):
+        self.queue: multiprocessing.queues.Queue = context.Queue()
+        self._listeners: dict[int, tuple[asyncio.AbstractEventLoop, OnProgress]] = {}
+        self._lock = threading.Lock()  # listeners change on the loop, are read on the thread
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._read, name=f"{name}-progress", daemon=True)
+        self._thread.start()
+
+    def listen(self, call: int, loop: asyncio.AbstractEventLoop, on_progress: OnProgress) -> None:
+        with self._lock:
+            self._listeners[call] = (loop, on_progress)
+
+    def forget(self, call: int) -> None:
+        with self._lock:
+            self._listeners.pop(call, None)
+
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            try:
+                call, done, total = self.queue.get(timeout=self.POLL_S)
+            except queue.Empty:
+                continue
+            except (EOFError, OSError):  # the pipe broke: no more reports will come
+                return
+            with self._lock:
+                listener = self._listeners.get(call)
+            if listener is None:
+                continue
+            loop, on_progress = listener
+            try:
+                loop.call_soon_threadsafe(on_progress, done, total)
+            except RuntimeError:  # the loop has closed: the bot is stopping
+                return
+
+    def close(self) -> None:
+        """Stop relaying; returns at once (the thread ends within `POLL_S`)."""
+        self._closed.set()
 
 
 class WorkerPool:
@@ -251,15 +352,21 @@ class WorkerPool:
         self.name = name
         self.info: Any = None
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._relay: _ProgressRelay | None = None
+        self._calls = itertools.count(1)
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
             # spawn, not fork: the bot process runs an event loop and threads, which fork copies badly.
+            context = multiprocessing.get_context("spawn")
+            # A fresh queue with each process: one that died mid-report may have left the old one's
+            # lock taken.
+            self._relay = _ProgressRelay(context, self.name)
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=1,
-                mp_context=multiprocessing.get_context("spawn"),
+                mp_context=context,
                 initializer=_initialise,
-                initargs=(self.task, os.getpid()),
+                initargs=(self.task, os.getpid(), self._relay.queue),
             )
         return self._pool
 
@@ -268,18 +375,31 @@ class WorkerPool:
         self.info = await asyncio.get_running_loop().run_in_executor(self._executor(), _load)
         return self.info
 
-    async def run(self, request: Any) -> Any:
+    async def run(self, request: Any, on_progress: OnProgress | None = None) -> Any:
+        """Do one job; with `on_progress` (a `ReportingTask` only), it is called on this event
+        loop with what the task reports while it works."""
         loop = asyncio.get_running_loop()
+        executor, relay = self._executor(), self._relay
+        call = None
+        if on_progress is not None and relay is not None:
+            call = next(self._calls)
+            relay.listen(call, loop, on_progress)
         try:
-            return await loop.run_in_executor(self._executor(), _run, request)
+            return await loop.run_in_executor(executor, _run, request, call)
         except concurrent.futures.process.BrokenProcessPool:
             # The worker died (killed, out of memory): the next job gets a fresh process.
             self.shutdown(wait=False)
             await self.start()
             raise
+        finally:
+            if call is not None and relay is not None:
+                relay.forget(call)
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop the worker; by the time the bot stops, PTB has waited for the jobs, so this is quick."""
         if self._pool is not None:
             self._pool.shutdown(wait=wait, cancel_futures=True)
             self._pool = None
+        if self._relay is not None:
+            self._relay.close()
+            self._relay = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import IO, Any, TypeVar
 
 from tqdm import tqdm
@@ -26,6 +26,11 @@ _LOG_LINE_FORMAT = (
 )
 
 T = TypeVar("T")
+
+# How long work tells a caller how far it got, besides or instead of a bar: `on_progress(done, total)`
+# with units of the work's own choosing (sampling: image tokens). Called from the working thread, so it
+# must return at once.
+OnProgress = Callable[[int, int], None]
 
 
 def is_terminal(stream: IO[str] | None) -> bool:

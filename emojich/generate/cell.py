@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from emojich.foundation import distributed
-from emojich.foundation.progress import progress_bar
+from emojich.foundation.progress import OnProgress, progress_bar
 from emojich.generate.grid import SamplingCell
 from emojich.generate.loading import TARGET_SIZE, Models
 from emojich.generate.prompts import PromptCheck, check_prompt, require_prompt
@@ -82,8 +82,13 @@ def sample_cell(
     attempts: int,
     batch_size: int = 16,
     progress: bool = True,
+    on_progress: OnProgress | None = None,
 ) -> CellRun:
-    """Sample `attempts` images per prompt and rank them; warnings are logged and returned."""
+    """Sample `attempts` images per prompt and rank them; warnings are logged and returned.
+
+    `on_progress(done, total)` counts the image tokens this process samples over the whole cell
+    (all its batches), not per batch as `generate` does.
+    """
     if not isinstance(attempts, int) or attempts < 1:
         raise ValueError(f"attempts must be an integer >= 1, got {attempts!r}")
     cfg = models.dalle.config
@@ -101,6 +106,9 @@ def sample_cell(
     started = time.perf_counter()
     units = work_units(len(checks), attempts, batch_size)
     mine = units[distributed.rank() :: distributed.world_size()]
+    grid = models.dalle.config.image_seq_length
+    total_tokens = sum(last - first for _, first, last in mine) * grid
+    done_tokens = 0
     shares = []
     for prompt_index, first, last in progress_bar(
         mine, disable=not progress or not distributed.is_main(), desc="sampling", unit="batch"
@@ -118,12 +126,13 @@ def sample_cell(
             guidance=effective.guidance,
             image_indices=range(first, last),
             conditions=None if vectors is None else vectors[prompt_index : prompt_index + 1],
+            on_progress=_shifted(on_progress, done_tokens, total_tokens),
         )
+        done_tokens += (last - first) * grid
         shares.append((prompt_index, first, sample.codes, sample.scores))
     gathered = distributed.gather_to_main(shares)
     if gathered is None:  # not rank 0: its share is delivered
         return CellRun(cell, effective, notes, [], time.perf_counter() - started)
-    grid = models.dalle.config.image_seq_length
     codes = torch.empty(len(checks), attempts, grid, dtype=torch.long)
     scores = torch.empty(len(checks), attempts)
     for prompt_index, first, unit_codes, unit_scores in (share for rank in gathered for share in rank):
@@ -133,6 +142,13 @@ def sample_cell(
         PromptResult(check, codes[i], scores[i], rank_by_score(scores[i])) for i, check in enumerate(checks)
     ]
     return CellRun(cell, effective, notes, results, time.perf_counter() - started)
+
+
+def _shifted(on_progress: OnProgress | None, before: int, total: int) -> OnProgress | None:
+    """A batch's `on_progress` that counts the tokens of the batches before it too."""
+    if on_progress is None:
+        return None
+    return lambda done, _: on_progress(before + done, total)
 
 
 def work_units(prompts: int, attempts: int, batch_size: int) -> list[tuple[int, int, int]]:

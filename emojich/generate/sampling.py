@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from emojich.foundation.progress import progress_bar
+from emojich.foundation.progress import OnProgress, progress_bar
 from emojich.models.dalle import Dalle, masked_attention
 from emojich.models.masks import build_mask
 
@@ -320,6 +320,7 @@ def generate(
     guidance: float = 1.0,
     image_indices: Sequence[int] | None = None,
     conditions: torch.Tensor | None = None,
+    on_progress: OnProgress | None = None,
 ) -> SampleResult:
     """Sample `images_num` images per caption.
 
@@ -339,6 +340,10 @@ def generate(
 
     A conditioned model (`DalleConfig.conditioned`) takes the captions as encoder vectors
     `conditions` `[C, 2, condition_dim]` (`CaptionEncoder.condition`) beside all-padding `text_ids`.
+
+    `on_progress(done, total)` is called after every step with the image tokens sampled so far and
+    in all (images asked for × `image_seq_length`): what the bar counts, for callers that show
+    progress elsewhere (the bot's status message). It runs in the sampling loop: keep it quick.
     """
     _check_sampling_args(top_k, top_p, temperature)
     if not guidance >= 1.0:
@@ -370,7 +375,9 @@ def generate(
     decoder = IncrementalDecoder(model, 2 * batch_size if guided else batch_size, dtype)
     codes = torch.empty(len(wanted), steps, dtype=torch.long)
     scores = torch.empty(len(wanted))
-    bar = progress_bar(total=len(wanted) * steps, disable=not progress, desc="sampling", unit="tok")
+    total_tokens = len(wanted) * steps
+    done_tokens = 0
+    bar = progress_bar(total=total_tokens, disable=not progress, desc="sampling", unit="tok")
     try:
         with torch.inference_mode():
             for start in range(0, len(wanted), batch_size):
@@ -401,6 +408,9 @@ def generate(
                     if j + 1 < steps:
                         logits = decoder.step(torch.cat([tokens, tokens]) if guided else tokens)
                     bar.update(len(indices))
+                    done_tokens += len(indices)
+                    if on_progress is not None:
+                        on_progress(done_tokens, total_tokens)
                 codes[start : start + len(indices)] = batch_codes.cpu()
                 scores[start : start + len(indices)] = (nll / steps).cpu()
     finally:
