@@ -81,7 +81,7 @@ class CaptionParams:
     max_emoji_per_keyword: int = 2
     inflections: bool = True
     colours_per_emoji: int = 2
-    max_colour_emoji: int = 150
+    max_colour_emoji: int = 1000
     # A colour evaluation set (prompts/colours.tsv): its (emoji, colour) pairs are never trained.
     held_out_colours: str | None = None
 

@@ -12,11 +12,12 @@ from emojich.data.recolour import dominant_hue, recolour, recolour_batch
 from emojich.fidelity.retrieval import Reference, shape_features, thumbnails
 from emojich.fidelity.sets import set_metrics
 from emojich.generate.reading import CaptionReader, without_colour_words
-from emojich.generate.sampling import generate
+from emojich.generate.sampling import generate, reference_draws
 from emojich.models.dalle import Dalle, DalleConfig
 from emojich.text.colours import BY_NAME, hue_distance
 from emojich.text.encoder import load_encoder
 from emojich.text.prompt_sets import parse_prompt_set
+from emojich.train.pairs import memory_table
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,9 @@ def test_a_conditioned_model_reads_caption_vectors_and_nothing_else(conditioned)
 
 
 def test_the_caption_memory_finds_a_training_captions_own_slot_and_blends_for_new_ones():
-    cfg = dataclasses.replace(DalleConfig.preset("tiny-encoder"), memory_keys=3, memory_slots=2)
+    cfg = dataclasses.replace(
+        DalleConfig.preset("tiny-encoder"), memory_keys=3, memory_slots=2, reference_codes=False
+    )
     model = Dalle(cfg)
     keys = torch.nn.functional.normalize(
         torch.randn(3, cfg.condition_dim, generator=torch.Generator().manual_seed(2)), dim=1
@@ -192,3 +195,91 @@ def test_recolour_batch_handles_tensors():
     out = recolour_batch(batch, [120.0, 230.0])
     assert out.shape == batch.shape and out.dtype == torch.uint8
     assert not torch.equal(out[0], out[1])
+
+
+def _by_reference(slots: int = 6) -> Dalle:
+    cfg = dataclasses.replace(
+        DalleConfig.preset("tiny-encoder"), memory_keys=slots, memory_slots=slots, reference_codes=True
+    )
+    torch.manual_seed(0)
+    model = Dalle(cfg)
+    generator = torch.Generator().manual_seed(3)
+    keys = torch.nn.functional.normalize(torch.randn(slots, cfg.condition_dim, generator=generator), dim=1)
+    drawings = torch.randint(0, cfg.image_vocab_size, (slots, cfg.image_seq_length), generator=generator)
+    model.caption_memory.set_keys(keys, torch.arange(slots), drawings)
+    return model
+
+
+def test_memory_table_keys_names_and_points_every_pair_at_its_emojis_uncoloured_drawing():
+    rows = [
+        {"split": "train", "id": "a", "caption": "кролик", "kind": "name"},
+        {"split": "train", "id": "a", "caption": "зайчик", "kind": "keyword"},
+        {"split": "train", "id": "a", "caption": "синий кролик", "kind": "colour"},
+        {"split": "train", "id": "b", "caption": "банан", "kind": "name"},
+        {"split": "val", "id": "c", "caption": "кошка", "kind": "name"},
+    ]
+    codes = torch.tensor([[1, 1], [1, 1], [7, 7], [2, 2], [3, 3]])
+    vectors = torch.randn(5, 2, 4)
+    table = memory_table(rows, codes, vectors)
+    assert table.slots == 2 and table.key_slots.tolist() == [0, 0, 1]  # no colour phrase is a key
+    assert torch.equal(table.keys, vectors[[0, 1, 3], 0])
+    assert table.slot_codes.tolist() == [[1, 1], [2, 2]]  # the uncoloured drawing, not the blue one
+    assert table.pair_slots.tolist() == [0, 0, 0, 1, -1]  # held-out emoji have no slot
+
+
+def test_by_reference_each_position_reads_the_code_it_predicts_and_nothing_after():
+    model = _by_reference().eval()
+    cfg = model.config
+    codes = torch.randint(0, cfg.image_vocab_size, (1, cfg.image_seq_length))
+    condition = torch.zeros(1, 2, cfg.condition_dim)
+    condition[:, :] = model.caption_memory.keys[2]
+    reference = model.drawing_reference(condition)
+    assert torch.equal(reference, model.caption_memory.slot_codes[2:3])  # the caption's own drawing
+    changed = reference.clone()
+    changed[0, 5] = (changed[0, 5] + 1) % cfg.image_vocab_size
+    before = model(model.blank_text(1), codes, condition=condition, reference=reference)
+    after = model(model.blank_text(1), codes, condition=condition, reference=changed)
+    image = cfg.text_positions - 1  # the position predicting code 0
+    differs = [
+        not torch.allclose(before[0, image + p], after[0, image + p]) for p in range(cfg.image_seq_length)
+    ]
+    assert differs.index(True) == 5  # positions before the one predicting code 5 never see it
+    # A caption-free row (zero vectors, as guidance feeds) reads no drawing.
+    assert (model.drawing_reference(torch.zeros(1, 2, cfg.condition_dim)) == -1).all()
+
+
+def test_a_model_that_draws_by_reference_copies_drawings_it_never_trained_on():
+    model = _by_reference()
+    cfg, memory = model.config, model.caption_memory
+    conditions = memory.keys[:, None, :].expand(-1, 2, -1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(4)
+    for _ in range(150):  # every step, new random drawings: it can only learn to copy
+        drawings = torch.randint(0, cfg.image_vocab_size, (6, cfg.image_seq_length), generator=generator)
+        loss, _ = model(
+            model.blank_text(6), drawings, return_loss=True, condition=conditions, reference=drawings
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    kwargs = dict(top_k=1, top_p=1.0, seed=0, progress=False)
+    drawn = generate(model, model.blank_text(6), conditions=conditions, **kwargs)
+    # Each caption finds its own slot's drawing, which no training step showed, and draws it.
+    assert (drawn.codes == memory.slot_codes).float().mean() > 0.9
+    assert torch.equal(
+        drawn.codes, generate(model, model.blank_text(6), conditions=conditions, **kwargs).codes
+    )
+
+
+def test_reference_draws_follow_the_memorys_weights_and_are_seeded():
+    model = _by_reference()
+    memory = model.caption_memory
+    own = memory.keys[:1]
+    assert torch.equal(memory.reference(own, torch.rand(1)), memory.slot_codes[:1])  # a learnt name
+    between = torch.nn.functional.normalize(memory.keys[1] + memory.keys[4], dim=0)[None].expand(200, -1)
+    picked = memory.reference(between, torch.linspace(0.0025, 0.9975, 200))
+    found = {i for i in range(6) for row in picked if torch.equal(row, memory.slot_codes[i])}
+    assert found == {1, 4}  # either of the two drawings it reads, in their shares
+    assert torch.equal(reference_draws(7, [0, 1, 2]), reference_draws(7, [0, 1, 2]))
+    assert not torch.equal(reference_draws(7, [0, 1, 2]), reference_draws(8, [0, 1, 2]))

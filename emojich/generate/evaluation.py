@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from emojich.fidelity.retrieval import Reference, fidelity_metrics, pixel_spread, summarise, thumbnails
+from emojich.fidelity.sets import set_metrics
 from emojich.generate.cell import CellRun
 from emojich.generate.loading import Models
 from emojich.generate.rendering import decode
+from emojich.text.prompt_sets import PromptSet
 
 
 @dataclasses.dataclass
@@ -44,3 +47,18 @@ def measure_fidelity(
     metrics["kept_spread"] = round(float(sum(spreads) / max(len(spreads), 1)), 4)
     metrics["real_spread"] = round(reference.real_spread(), 4)
     return Fidelity([reference.prompt_kind(p) for p in prompts], ranks, metrics)
+
+
+def score_sets(
+    reference: Reference,
+    prompt_sets: Sequence[PromptSet],
+    runs: Sequence[CellRun],
+    models: Models,
+    batch_size: int,
+) -> dict[str, Any]:
+    """Generalisation numbers of evaluation sets (`emojich.fidelity.sets`) from their sampled runs."""
+    metrics: dict[str, Any] = {}
+    for prompt_set, run in zip(prompt_sets, runs, strict=True):
+        images = [decode(models, result.codes, batch_size) for result in run.prompts]
+        metrics.update(set_metrics(reference, prompt_set, images))
+    return metrics

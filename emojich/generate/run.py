@@ -10,17 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from emojich.fidelity.retrieval import Reference, load_reference
-from emojich.fidelity.sets import set_metrics
 from emojich.foundation import distributed
 from emojich.foundation.device import resolve_device
 from emojich.foundation.storage import write_json_atomic
 from emojich.generate.cell import cell_metrics, sample_cell, timing
-from emojich.generate.evaluation import measure_fidelity
+from emojich.generate.evaluation import measure_fidelity, score_sets
 from emojich.generate.grid import SamplingCell
 from emojich.generate.loading import Models, load_models
 from emojich.generate.prompts import PromptList, read_prompts, require_prompt
 from emojich.generate.records import write_attempts, write_ranked_images
-from emojich.generate.rendering import decode
 from emojich.generate.sheets import sheet_rows, write_sheet
 from emojich.text.normalise import normalise_caption
 from emojich.text.prompt_sets import PromptSet
@@ -91,9 +89,7 @@ def write_cell(
     metrics = cell_metrics(run, models, keep, prompt_list.skipped_empty)
     if fidelity is not None:
         metrics["fidelity"] = fidelity.metrics
-        for prompt_set, set_run in zip(prompt_sets, set_runs, strict=True):
-            images = [decode(models, result.codes, batch_size) for result in set_run.prompts]
-            metrics["fidelity"].update(set_metrics(reference, prompt_set, images))
+        metrics["fidelity"].update(score_sets(reference, prompt_sets, set_runs, models, batch_size))
     write_json_atomic(out / record, metrics)
     speed = timing(run)
     if timing_file is not None:

@@ -123,7 +123,10 @@ def reference_draws(seed: int, indices: Sequence[int]) -> torch.Tensor:
     """One uniform per image for choosing the drawing a by-reference model reads: from its own
     stream (not the codes'), so the codes' draws are the same whichever drawing is read."""
     return torch.tensor(
-        [float(np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, i, 1]))).random()) for i in indices]
+        [
+            float(np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, i, 1]))).random())
+            for i in indices
+        ]
     )
 
 
@@ -248,7 +251,9 @@ class IncrementalDecoder:
         if b > self.keys.shape[1]:
             raise ValueError(f"batch of {b} captions exceeds the cache's batch size {self.keys.shape[1]}")
         self.batch, self.image_position = b, 0
-        self.reference = model.drawing_reference(condition, draws=None if draws is None else draws.to(self.device))
+        self.reference = model.drawing_reference(
+            condition, draws=None if draws is None else draws.to(self.device)
+        )
         with self._context():
             x = model.embed_text(model.text_tokens(text_ids), condition, self.reference)
             n = x.shape[1]

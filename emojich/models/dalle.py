@@ -166,21 +166,6 @@ class DalleConfig:
                 text_encoder="use-m3",
                 reference_codes=True,
             ),
-            # The demo's earlier shape: BPE captions learnt from scratch (a lookup table of the
-            # catalogue's names; kept to compare with).
-            "demo-bpe": dict(
-                num_layers=4,
-                hidden_size=256,
-                num_attention_heads=8,
-                text_seq_length=24,
-                image_tokens_per_dim=8,
-                vocab_size=1024 + 24,
-                image_vocab_size=512,
-                format="v2",
-                loss_img_weight=7,
-                attention_dropout=0.0,
-                output_dropout=0.0,
-            ),
             # The Malevich layout (24 layers, so every published key name) at tiny widths:
             # what `emojich standin-weights --size tiny` writes for the paper path in CI.
             "malevich-tiny": dict(
@@ -207,8 +192,22 @@ class DalleConfig:
                 loss_img_weight=7,
             ),
         }
+        # The demo's earlier shape: BPE captions learnt from scratch (a lookup table of the
+        # catalogue's names; kept to compare with).
+        demo = presets["demo"]
+        presets["demo-bpe"] = dict(
+            {
+                key: value
+                for key, value in demo.items()
+                if key not in ("condition_dim", "text_encoder", "reference_codes")
+            },
+            text_seq_length=24,
+            vocab_size=1024 + 24,
+        )
         # The demo's text path at tiny size, for smoke runs.
-        presets["tiny-encoder"] = dict(presets["tiny"], format="v2", condition_dim=512, text_encoder="use-m3")
+        presets["tiny-encoder"] = dict(
+            presets["tiny"], format="v2", condition_dim=512, text_encoder="use-m3", reference_codes=True
+        )
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
         return cls(**presets[name])
@@ -439,12 +438,16 @@ class CaptionMemory(nn.Module):
         # Each slot's drawing (its emoji's image codes), for a model that draws by reference.
         self.slot_codes: torch.Tensor | None
         if cfg.reference_codes:
-            self.register_buffer("slot_codes", torch.zeros(cfg.memory_slots, cfg.image_seq_length, dtype=torch.long))
+            self.register_buffer(
+                "slot_codes", torch.zeros(cfg.memory_slots, cfg.image_seq_length, dtype=torch.long)
+            )
         else:
             self.slot_codes = None
 
     @torch.no_grad()
-    def set_keys(self, keys: torch.Tensor, slots: torch.Tensor, slot_codes: torch.Tensor | None = None) -> None:
+    def set_keys(
+        self, keys: torch.Tensor, slots: torch.Tensor, slot_codes: torch.Tensor | None = None
+    ) -> None:
         if keys.shape != self.keys.shape or slots.shape != self.key_slots.shape:
             raise ValueError(f"memory keys {tuple(keys.shape)} do not fit {tuple(self.keys.shape)}")
         self.keys.copy_(torch.nn.functional.normalize(keys.float(), dim=1))
@@ -499,7 +502,9 @@ class Dalle(nn.Module):
         # Only in conditioned models, so the published files keep exactly their keys.
         self.caption_projection = CaptionProjection(cfg) if cfg.conditioned else None
         self.caption_memory = CaptionMemory(cfg) if cfg.memory_keys else None
-        self.reference_embeddings = Embedding(cfg.image_vocab_size, h) if cfg.reference_codes else None
+        # Only with a caption memory to find the drawings in (a preset's memory comes from the data).
+        drawing = cfg.reference_codes and cfg.memory_keys > 0
+        self.reference_embeddings = Embedding(cfg.image_vocab_size, h) if drawing else None
         self.transformer = Transformer(cfg)
         self.to_logits = nn.Sequential(
             nn.LayerNorm(h, eps=cfg.layernorm_eps), nn.Linear(h, cfg.total_vocab_size)

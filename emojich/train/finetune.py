@@ -140,12 +140,13 @@ def pair_loss(pairs: PairSet, device: torch.device, caption_dropout: float = 0.0
             if reference is not None:  # -1: no drawing to read
                 reference = reference.masked_fill(dropped[:, None], -1)
         rows = distributed.local_rows(len(indices))
+        drawing = {} if reference is None else {"reference": reference[rows].to(device)}
         return model(
             text[rows].to(device),
             pairs.codes[indices[rows]].to(device),
             return_loss=True,
             condition=None if condition is None else condition[rows].to(device),
-            reference=None if reference is None else reference[rows].to(device),
+            **drawing,
         )
 
     return loss
