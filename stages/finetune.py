@@ -56,7 +56,7 @@ from emojich.models.origin import ORIGIN_KEY, combine, file_origin, safetensors_
 from emojich.models.vqgan import VQGan
 from emojich.text.bpe import TextTokenizer
 from emojich.text.encoder import load_encoder
-from emojich.text.prompt_sets import PromptSet, SetPrompt, read_prompt_set
+from emojich.text.prompt_sets import VARIATION_SELECTOR, PromptSet, SetPrompt, read_prompt_set
 from emojich.train.finetune import (
     PairSet,
     build_pairs,
@@ -246,7 +246,13 @@ def learnt_name_set(rows: list[dict[str, str]], count: int) -> PromptSet:
     """`count` training emoji names, spread evenly over the pairs, each asking for its own emoji."""
     names = {row["caption"]: row["id"] for row in rows if row["split"] == "train" and row["kind"] == "name"}
     chosen = sorted(names)[:: max(len(names) // max(count, 1), 1)][:count]
-    return PromptSet("learnt", [SetPrompt(name, (sequence_of(names[name]) or "",)) for name in chosen])
+    return PromptSet(
+        "learnt",
+        [
+            SetPrompt(name, ((sequence_of(names[name]) or "").replace(VARIATION_SELECTOR, ""),))
+            for name in chosen
+        ],
+    )
 
 
 @torch.no_grad()
@@ -300,7 +306,7 @@ def conditioned_pairs(
             # Each training pair reads its own emoji's drawing (a recoloured one the uncoloured
             # original); a held-out emoji's, the drawing its caption finds, as at sampling time.
             slots = memory.pair_slots[chosen]
-            found = model.caption_memory.nearest_slot(vectors[chosen, 1].float())
+            found = model.caption_memory.nearest_slot(model.caption_memory.query(vectors[chosen]))
             references = memory.slot_codes[torch.where(slots >= 0, slots, found)]
         return PairSet(
             model.blank_text(len(chosen)),

@@ -283,3 +283,13 @@ def test_reference_draws_follow_the_memorys_weights_and_are_seeded():
     assert found == {1, 4}  # either of the two drawings it reads, in their shares
     assert torch.equal(reference_draws(7, [0, 1, 2]), reference_draws(7, [0, 1, 2]))
     assert not torch.equal(reference_draws(7, [0, 1, 2]), reference_draws(8, [0, 1, 2]))
+
+
+def test_the_memory_looks_up_the_subject_unless_the_whole_caption_is_a_learnt_name():
+    memory = _by_reference().caption_memory
+    generator = torch.Generator().manual_seed(9)
+    elsewhere = torch.nn.functional.normalize(torch.randn(memory.keys.shape[1], generator=generator), dim=0)
+    named = torch.stack([memory.keys[2], elsewhere])[None]  # «синее сердце»: a name with a colour word
+    phrase = torch.stack([elsewhere, memory.keys[3]])[None]  # «синий кролик»: its subject is learnt
+    assert memory.nearest_slot(memory.query(named)).item() == 2
+    assert memory.nearest_slot(memory.query(phrase)).item() == 3

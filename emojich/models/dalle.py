@@ -164,6 +164,8 @@ class DalleConfig:
                 output_dropout=0.0,
                 condition_dim=512,
                 text_encoder="use-m3",
+                # Draws by reference: the caption memory's drawing of the emoji a caption finds
+                # is read code by code (`CaptionMemory`).
                 reference_codes=True,
             ),
             # The Malevich layout (24 layers, so every published key name) at tiny widths:
@@ -418,14 +420,22 @@ class CaptionMemory(nn.Module):
     captions.
 
     Keys are the frozen encoder's vectors of the training captions (names, keywords, inflections;
-    fixed, kept in the checkpoint); each points to a learnt slot, one embedding per training emoji.
-    A caption reads the slots through a softmax over its cosine with every key. A training caption
-    finds its own emoji's slot, so the model learns each drawing as fast as a lookup table learns
-    it, while a caption it never saw («котик») reads the slots of the captions nearest it («кот»,
-    «котенок»). The temperature is low, 0.02: the encoder puts most short captions 0.6 to 0.9
-    alike, and at 0.05 a training caption still spread half its weight over hundreds of keys near
-    it (measured: the demo then drew no caption, learnt or not, recognisably). The query is the caption's *subject* (colour words taken out), so
-    «синий кролик» finds the rabbit; the colour reaches the model through `CaptionProjection`.
+    fixed, kept in the checkpoint); each points to a slot, one per training emoji, holding a learnt
+    embedding and, in a model that draws by reference, the emoji's drawing (its image codes). A
+    caption reads the slots through a softmax over its cosine with every key. A training caption
+    finds its own emoji's slot, while a caption it never saw («котик») reads the slots of the
+    captions nearest it («кот», «котенок»). The temperature is low, 0.02: the encoder puts most
+    short captions 0.6 to 0.9 alike, and at 0.05 a training caption still spread half its weight
+    over hundreds of keys near it (measured: the demo then drew no caption, learnt or not,
+    recognisably). The query is the caption's subject (`query`); the colour reaches the model
+    through `CaptionProjection`.
+
+    Why drawings in the memory: a 4-layer model on 2 CPU cores needs ~30 passes over a drawing to
+    learn it by heart (2,178 steps gave 64 % of learnt names in the top 10), and recoloured
+    drawings multiply that. Reading the drawing as an input, the model learns one skill for all
+    emoji instead, to redraw what it reads in the colour it is asked for (the idea of retrieval-
+    augmented image generators such as Re-Imagen): 610 steps give 100 % of the sheet's learnt
+    names, and colour phrases on objects never trained in that colour reach 35 % hits, not 2.5 %.
     """
 
     temperature = 0.02
@@ -457,6 +467,14 @@ class CaptionMemory(nn.Module):
                 got = None if slot_codes is None else tuple(slot_codes.shape)
                 raise ValueError(f"slot drawings {got} do not fit {tuple(self.slot_codes.shape)}")
             self.slot_codes.copy_(slot_codes)
+
+    def query(self, condition: torch.Tensor) -> torch.Tensor:
+        """[b, dim]: what a caption `[b, 2, dim]` looks up: its subject (colour words out, so «синий
+        кролик» finds the rabbit), unless the whole caption is nearer a key: a learnt name with a
+        colour word in it («синее сердце», «большой голубой ромб») must find itself."""
+        caption, subject = condition[:, 0].float(), condition[:, 1].float()
+        nearer = (caption @ self.keys.T).amax(dim=-1) >= (subject @ self.keys.T).amax(dim=-1)
+        return torch.where(nearer[:, None], caption, subject)
 
     def nearest_slot(self, subjects: torch.Tensor) -> torch.Tensor:
         """[b]: the slot of each caption's nearest key (ties to the first)."""
@@ -561,7 +579,7 @@ class Dalle(nn.Module):
         if reference is None:
             if condition is None or self.caption_memory is None:
                 raise ValueError("a model that draws by reference needs caption vectors")
-            subjects = condition[:, 1]
+            subjects = self.caption_memory.query(condition)
             reference = self.caption_memory.reference(subjects, draws)
             reference = reference.masked_fill(~subjects.abs().sum(dim=-1).gt(0)[:, None], -1)
         return reference.long()
@@ -595,7 +613,7 @@ class Dalle(nn.Module):
             # Not under the embeddings' shrunk gradient: these are what must learn fast.
             e = e + self.caption_projection(self.attribute_vectors(condition).to(e.dtype))
             if self.caption_memory is not None:
-                e = e + self.caption_memory(condition[:, 1])[:, None, :].to(e.dtype)
+                e = e + self.caption_memory(self.caption_memory.query(condition))[:, None, :].to(e.dtype)
             if reference is not None:  # the last text position predicts the first code
                 first = self._reference_inputs(reference, torch.zeros(1, dtype=torch.long, device=e.device))
                 e = torch.cat([e[:, :-1], e[:, -1:] + first.to(e.dtype)], dim=1)
