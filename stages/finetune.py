@@ -514,14 +514,14 @@ def finetune(
 # The numbers a person compares between runs (the rest stays in the provenance): what an
 # encoder-conditioned model draws for learnt names and the evaluation sets; for a BPE model (the
 # paper profile), the caption loss, which a BPE model's text side can still explain.
-HEADLINE_ENCODER = (
-    "learnt_top10",
-    "phrasings_top10",
-    "colours_hit",
-    "appendix_prompts_top10",
-    "val_loss",
-    "steps",
-)
+HEADLINE_ENCODER = {
+    "learnt_top10": "learnt",
+    "phrasings_top10": "phrasings",
+    "colours_hit": "colours",
+    "appendix_prompts_top10": "appendix",
+    "val_loss": "val_loss",
+    "steps": "steps",
+}
 HEADLINE_BPE = (
     "val_loss_start",
     "val_loss",

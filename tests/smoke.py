@@ -20,6 +20,8 @@ SMOKE = {
             "top_k": 8,
             "max_val_pairs": 8,
             "caption_pairs": 4,
+            "sets": ["prompts/colours.tsv"],
+            "learnt_names": 4,
         },
     },
     "generate": {

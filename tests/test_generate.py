@@ -327,8 +327,8 @@ def test_stage_runs_a_cell_and_reports_bad_settings_without_a_traceback(assets, 
     assert provenance["top_k_effective"] == 32 and provenance["prompts_skipped_empty"] == 1
     # The metrics file: a few rounded numbers; no timing anywhere in the cell's folder.
     metrics = json.loads((tmp_path / "metrics" / "cell.json").read_text())
-    assert set(metrics) >= {"mean_score", "diversity"} and len(metrics) <= 10
-    assert metrics["mean_score"] == round(provenance["mean_score"], 4)
+    assert set(metrics) >= {"score", "diversity"} and len(metrics) <= 10
+    assert metrics["score"] == round(provenance["mean_score"], 4)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "all",
         "kept",

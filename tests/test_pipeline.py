@@ -4,13 +4,17 @@ import csv
 import io
 import json
 import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from emojich.foundation.layout import IMAGES_DIR, MASK_KIND, RAW_KIND, RGB_KIND, RGBA_KIND
 from emojich.foundation.shards import ShardReader
-from tests.pipeline import assert_repro_is_a_no_op, dvc, run
+from tests.pipeline import ROOT, assert_repro_is_a_no_op, dvc, pipeline_env, run
 
 
 @pytest.fixture
@@ -136,12 +140,29 @@ def test_metrics_are_committed_and_compare_across_commits(pipeline_copy):
     changed = json.loads(diff.stdout)
     segment = changed["metrics/segment.json"]
     assert segment["unet"]["new"] > segment["unet"]["old"], changed
-    assert "metrics/stickers.json" in changed and "metrics/finetune.json" not in changed
+    assert "metrics/finetune.json" not in changed
 
     table = list(csv.DictReader(io.StringIO(dvc("exp", "show", "--csv", cwd=path).stdout)))
     baseline = next(row for row in table if row["typ"] == "baseline" and row["rev"] != "workspace")
     assert baseline["val_loss"] not in ("", "!") and baseline["count"] not in ("", "!"), baseline
     assert "!" not in baseline.values()
+
+    # The README's commands for comparing runs read in a 120-column terminal: no line wider, no
+    # column folded into "…", and each shows numbers.
+    env = {**pipeline_env(), "COLUMNS": "120"}
+    for command in readme_commands("comparing-runs"):
+        shown = subprocess.run(command, cwd=path, env=env, capture_output=True, text=True, check=True).stdout
+        lines = shown.splitlines()
+        assert lines and max(len(line) for line in lines) <= 120, f"{command}:\n{shown}"
+        assert "…" not in shown and re.search(r"\d\.\d", shown), f"{command}:\n{shown}"
+
+
+def readme_commands(block: str) -> list[list[str]]:
+    """The commands of the README's code block after `<!-- block -->`, comments dropped."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    body = text.split(f"<!-- {block} -->", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line, comments=True) for line in body.splitlines()]
+    return [[str(Path(sys.executable).parent / "dvc"), *words[1:]] for words in commands if words]
 
 
 def _flat(data: dict, prefix: str = "") -> list[str]:

@@ -28,9 +28,14 @@ def rounded(value: Any, digits: int = 4) -> Any:
     return None if math.isnan(value) else round(value, digits)
 
 
-def pick(record: Mapping[str, Any], keys: Iterable[str], digits: int = 4) -> dict[str, Any]:
-    """The keys of `record` that are present, rounded, in the given order."""
-    return {key: rounded(record[key], digits) for key in keys if key in record}
+def pick(
+    record: Mapping[str, Any], keys: Iterable[str] | Mapping[str, str], digits: int = 4
+) -> dict[str, Any]:
+    """The keys of `record` that are present, rounded, in the given order; a mapping of keys
+    renames them (record key -> metric name): metric names are table headers in `dvc metrics show`
+    and `dvc exp show`, and short ones keep those tables within a terminal's width."""
+    names = keys if isinstance(keys, Mapping) else {key: key for key in keys}
+    return {name: rounded(record[key], digits) for key, name in names.items() if key in record}
 
 
 def write_records(
