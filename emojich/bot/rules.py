@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from functools import cache
 
 from emojich.text.bpe import is_latin_only
+from emojich.text.normalise import normalise_caption
 
 SET_NAME_MAX = 64  # characters, `_by_<bot>` included
 SET_TITLE_MAX = 64
@@ -153,7 +154,7 @@ _WORD = re.compile(r"[^\W\d_]+")
 def _stems(text: str) -> set[str]:
     # A 5-letter prefix is a crude Russian stem, but it matches «кошка» with «кошки» and keeps
     # «сердце» apart from «сердитое»; shorter words («кот», «лев») are kept whole.
-    return {word[:5] for word in _WORD.findall(text.lower().replace("ё", "е")) if len(word) >= 3}
+    return {word[:5] for word in _WORD.findall(normalise_caption(text)) if len(word) >= 3}
 
 
 @cache
