@@ -1,0 +1,494 @@
+"""CPU decode at the machine's limits: its memory bandwidth and bf16 GEMM throughput, and the cached
+sampler's step time for the Malevich shape with bf16 and int8 weights, side by side in one run.
+
+A decode step (`IncrementalDecoder.step`) pushes one token per image through the transformer: it
+reads every weight once and the keys and values the layers' sparse masks allow, and does
+2 x parameters x batch FLOPs. At batch 1 it should run at the bandwidth; at larger batches the same
+bytes carry more FLOPs, until the GEMM throughput bounds it. So the run measures both limits first,
+on this machine and in this run:
+
+- bandwidth: `sum` over a 1 GiB fp32 tensor, median of repeats (GB/s);
+- GEMM: a large square bf16 matmul, median of repeats (GFLOP/s);
+
+then, per weights mode (bf16; int8: the transformer's linear layers int8, `emojich.models.int8`)
+and batch (1, 16, 64): ms/step (median of repeats), s/image (steps per image x ms/step / batch),
+bytes read per step (weights + keys/values) and their share of the bandwidth, FLOPs per step and
+their share of the GEMM throughput; and int8/bf16 ratios. `kernels` times one MLP-sized linear
+layer alone per mode and batch, to tell the matrix products from the rest of the step.
+
+Only the step is timed, on random weights built directly in bf16. Prefilling 128 text tokens at
+batch 64 would take minutes, so there is no prefill: the key/value cache is filled with random
+values up to a mid-image position (`image_position`, the decoder's `batch` set directly) and each
+timed step runs at that same position (the position is reset between steps, so every repeat reads
+the same keys). The cache is allocated only up to that position: at batch 64 the full cache would
+be 14.5 GB.
+
+`experiments` holds what was tried to speed up the larger batches; each says what it measured.
+
+`--checkpoint PATH --tokens DIR` adds `quality`: a trained model's sampling with bf16 and int8
+weights (and as stored, for scale), for the prompts of `--prompts`: the mean and max per-step
+KL(bf16 || int8) of the next-code distributions, teacher-forced along the bf16 samples (and
+KL(stored || bf16) beside it), whether the same seed samples the same codes, and caption retrieval
+(`emojich.fidelity`) of each mode's images at two seeds (the seed-to-seed difference is the noise).
+
+`--quick`: a tiny shape that runs in seconds, for tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from emojich.generate.sampling import IncrementalDecoder
+from emojich.models.dalle import Dalle, DalleConfig
+from emojich.models.int8 import Int8Linear, quantize_linears
+
+MODES = ("bf16", "int8")
+GIB = 1 << 30
+
+
+# ----- the machine's limits -----
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def read_bandwidth(nbytes: int, repeats: int) -> float:
+    """GB/s of `sum` over an fp32 tensor far larger than the caches."""
+    data = torch.ones(nbytes // 4)
+    seconds, _ = median_seconds(lambda: data.sum(), repeats, warmup=2)
+    return data.numel() * 4 / seconds / 1e9
+
+
+def gemm_throughput(size: int, repeats: int) -> float:
+    """GFLOP/s of a square bf16 matmul."""
+    a = torch.randn(size, size).to(torch.bfloat16)
+    b = torch.randn(size, size).to(torch.bfloat16)
+    seconds, _ = median_seconds(lambda: a @ b, repeats, warmup=2)
+    return 2 * size**3 / seconds / 1e9
+
+
+# ----- the model -----
+
+
+def build_model(cfg: DalleConfig, seed: int) -> Dalle:
+    """Random weights, made in bf16 (an fp32 Malevich would take 5.3 GB and a cast)."""
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        model = Dalle(cfg)
+    finally:
+        torch.set_default_dtype(previous)
+    return model.eval()
+
+
+def set_mode(model: Dalle, mode: str) -> Dalle:
+    if mode == "int8":
+        quantize_linears(model.transformer, torch.bfloat16)
+    elif mode == "bf16-packed":
+        pack_linears(model.transformer)
+    elif mode != "bf16":
+        raise ValueError(f"unknown mode {mode!r}")
+    return model
+
+
+class PackedLinear(nn.Module):
+    """bf16 linear with its weight reordered once into oneDNN's blocked layout (what inductor's
+    freezing does on the CPU): plain weights are reordered again by every call at M > 1."""
+
+    def __init__(self, linear: nn.Linear, batch: int) -> None:
+        super().__init__()
+        self.out_features = linear.out_features
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, self.bias, "none", [], "")
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+def pack_linears(module: nn.Module, batch: int = 16) -> None:
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                setattr(parent, name, PackedLinear(child, batch))
+
+
+def linear_shapes(module: nn.Module) -> list[tuple[int, int]]:
+    """(in, out) of every linear layer, whatever its kind."""
+    shapes = []
+    for child in module.modules():
+        if isinstance(child, nn.Linear | Int8Linear):
+            shapes.append((child.in_features, child.out_features))
+        elif isinstance(child, PackedLinear):
+            shapes.append((child.weight.shape[1], child.out_features))
+    return shapes
+
+
+def weight_bytes(model: Dalle) -> int:
+    """Bytes of the weights one step reads: the transformer (not its masks) and the image rows of
+    the logits head with its layer norm."""
+    cfg = model.config
+    tensors = [*model.transformer.parameters(), *model.transformer.buffers()]
+    masks = {id(model.transformer.mask_for(kind)) for kind in ("row", "column", "conv")}
+    total = sum(t.numel() * t.element_size() for t in tensors if id(t) not in masks)
+    for module in model.transformer.modules():  # mkldnn tensors are no parameters
+        if isinstance(module, PackedLinear):
+            total += module.weight.numel() * 2 + (0 if module.bias is None else module.bias.numel() * 2)
+    element = model.to_logits[1].weight.element_size()
+    total += (cfg.image_vocab_size * (cfg.hidden_size + 1) + 2 * cfg.hidden_size) * element
+    return total
+
+
+# ----- one decode step -----
+
+
+def decoder_at(model: Dalle, batch: int, position: int, seed: int) -> IncrementalDecoder:
+    """A decoder about to feed image code `position` of `batch` images, its cache random up to there."""
+    cfg = model.config
+    decoder = IncrementalDecoder(model, 1)  # its one-image cache is replaced just below
+    length = decoder.first_query + position + 1  # every key a step at `position` reads or writes
+    generator = torch.Generator().manual_seed(seed)
+    for name in ("keys", "values"):
+        block = torch.randn(cfg.num_attention_heads, length, cfg.head_dim, generator=generator)
+        cache = torch.empty(
+            (cfg.num_layers, batch, cfg.num_attention_heads, length, cfg.head_dim), dtype=decoder.dtype
+        )
+        cache.copy_(block.to(decoder.dtype).expand_as(cache))  # random enough, and quick at 8 GB
+        setattr(decoder, name, cache)
+    decoder.batch, decoder.image_position = batch, position
+    return decoder
+
+
+def keys_read(decoder: IncrementalDecoder, position: int) -> int:
+    """Keys (= values) all layers read at image `position`, per image."""
+    total = 0
+    for kind in decoder.model.transformer.layer_masks:
+        for segment in decoder.segments[kind][position]:
+            total += len(range(*segment.indices(10**9))) if isinstance(segment, slice) else len(segment)
+    return total
+
+
+def time_steps(decoder: IncrementalDecoder, position: int, repeats: int, warmup: int) -> list[float]:
+    codes = torch.randint(0, decoder.model.config.image_vocab_size, (decoder.batch,))
+
+    def step() -> None:
+        decoder.image_position = position
+        decoder.step(codes)
+
+    _, times = median_seconds(step, repeats, warmup)
+    return times
+
+
+def case(
+    model: Dalle,
+    mode: str,
+    batch: int,
+    position: int,
+    limits: dict[str, float],
+    repeats: int,
+    warmup: int,
+    seed: int,
+) -> dict[str, Any]:
+    cfg = model.config
+    decoder = decoder_at(model, batch, position, seed)
+    times = time_steps(decoder, position, repeats, warmup)
+    step_s = statistics.median(times)
+    keys = keys_read(decoder, position)
+    del decoder
+    gc.collect()
+    weights = weight_bytes(model)
+    kv = 2 * keys * cfg.hidden_size * 2 * batch  # keys and values, bf16
+    macs = sum(i * o for i, o in linear_shapes(model.transformer)) + cfg.image_vocab_size * cfg.hidden_size
+    flops = 2 * batch * (macs + 2 * keys * cfg.hidden_size)  # + q.k and p.v over the keys read
+    moved = weights + kv
+    return {
+        "mode": mode,
+        "batch": batch,
+        "ms_per_step": round(step_s * 1e3, 2),
+        "ms_per_step_repeats": [round(t * 1e3, 2) for t in times],
+        "s_per_image": round(cfg.image_seq_length * step_s / batch, 3),
+        "weight_bytes": weights,
+        "kv_bytes": kv,
+        "bytes_per_step": moved,
+        "gbps": round(moved / step_s / 1e9, 2),
+        "bandwidth_share": round(moved / step_s / 1e9 / limits["bandwidth_gbps"], 3),
+        "flops_per_step": flops,
+        "gflops": round(flops / step_s / 1e9, 1),
+        "gemm_share": round(flops / step_s / 1e9 / limits["gemm_gflops"], 4),
+    }
+
+
+def kernel_times(hidden: int, batches: list[int], repeats: int, seed: int) -> list[dict[str, Any]]:
+    """One MLP-sized linear (hidden -> 4 hidden) alone, per mode and batch: ms and GB/s of its weight."""
+    torch.manual_seed(seed)
+    linear = nn.Linear(hidden, 4 * hidden).to(torch.bfloat16)
+    layers: dict[str, nn.Module] = {
+        "bf16": linear,
+        "int8": Int8Linear.from_linear(linear),
+        "bf16-packed": PackedLinear(linear, 16),
+    }
+    rows = []
+    for mode, layer in layers.items():
+        weight = 4 * hidden * hidden * (1 if mode == "int8" else 2)
+        for batch in batches:
+            x = torch.randn(batch, hidden).to(torch.bfloat16)
+            with torch.inference_mode():
+                seconds, _ = median_seconds(lambda layer=layer, x=x: layer(x), repeats, warmup=3)
+            rows.append(
+                {
+                    "mode": mode,
+                    "batch": batch,
+                    "shape": [batch, hidden, 4 * hidden],
+                    "ms": round(seconds * 1e3, 3),
+                    "weight_gbps": round(weight / seconds / 1e9, 1),
+                    "gflops": round(2 * batch * 4 * hidden * hidden / seconds / 1e9, 1),
+                }
+            )
+    return rows
+
+
+# ----- quality on a trained model -----
+
+
+def teacher_forced(
+    model: Dalle, text: torch.Tensor, condition: torch.Tensor | None, codes: torch.Tensor
+) -> torch.Tensor:
+    """[b, steps, image_vocab] fp32 log-probabilities of each next code, fed `codes`."""
+    decoder = IncrementalDecoder(model, len(text))
+    logits = [decoder.prefill(text, condition)]
+    for j in range(codes.shape[1] - 1):
+        logits.append(decoder.step(codes[:, j]))
+    return torch.log_softmax(torch.stack(logits, dim=1), dim=-1)
+
+
+def kl(reference: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """KL(reference || other) per row of log-probabilities, in nats."""
+    return (reference.exp() * (reference - other)).sum(-1)
+
+
+def quality(args: argparse.Namespace) -> dict[str, Any]:
+    from emojich.fidelity.retrieval import load_reference
+    from emojich.generate.cell import sample_cell
+    from emojich.generate.evaluation import measure_fidelity
+    from emojich.generate.grid import SamplingCell
+    from emojich.generate.loading import load_models
+    from emojich.generate.prompts import check_prompt, read_prompts
+    from emojich.models.precision import set_weights_dtype
+
+    tokens = Path(args.tokens)
+    base = load_models(args.checkpoint, tokens / "bpe.json", tokens / "vqgan.safetensors", None, "cpu")
+    modes = {"checkpoint": base.dalle}
+    for mode in MODES:
+        modes[mode] = set_weights_dtype(Dalle.load(args.checkpoint), mode).eval()
+    cfg = base.dalle.config
+    prompts = read_prompts(args.prompts).prompts
+    checks = [check_prompt(base.tokenizer, p, cfg.text_seq_length, cfg.conditioned) for p in prompts]
+    vectors = base.caption_vectors(prompts)
+    reference = load_reference(tokens)
+    seeds = (args.seed, args.seed + 1)
+
+    runs = {}
+    retrieval: dict[str, dict[str, Any]] = {}
+    for mode, dalle in modes.items():
+        models = dataclasses.replace(base, dalle=dalle)
+        for seed in seeds:
+            cell = SamplingCell(args.top_k, args.top_p, 1.0, seed, 1.0)
+            run = sample_cell(models, prompts, cell, args.attempts, args.attempts, progress=False)
+            runs[mode, seed] = run
+            if reference is not None:
+                fidelity = measure_fidelity(reference, run, models, min(4, args.attempts), args.attempts)
+                keys = ("train_top1", "train_top10", "train_top10_kept", "held_out_top10", "chance_top10")
+                retrieval.setdefault(mode, {})[f"seed{seed}"] = {
+                    k: fidelity.metrics[k] for k in keys if k in fidelity.metrics
+                }
+
+    kl_int8, kl_bf16 = [], []
+    for index, check in enumerate(checks):
+        codes = runs["bf16", args.seed].prompts[index].codes
+        text = torch.as_tensor(check.ids).expand(len(codes), -1)
+        condition = None if vectors is None else vectors[index : index + 1].expand(len(codes), -1, -1)
+        logp = {mode: teacher_forced(dalle, text, condition, codes) for mode, dalle in modes.items()}
+        kl_int8.append(kl(logp["bf16"], logp["int8"]))
+        kl_bf16.append(kl(logp["checkpoint"], logp["bf16"]))
+    per_step_int8, per_step_bf16 = torch.cat(kl_int8).flatten(), torch.cat(kl_bf16).flatten()
+
+    def same(a: str, b: str) -> dict[str, Any]:
+        left = torch.cat([r.codes for r in runs[a, args.seed].prompts])
+        right = torch.cat([r.codes for r in runs[b, args.seed].prompts])
+        equal_images = (left == right).all(dim=1)
+        return {
+            "codes_identical": bool(equal_images.all()),
+            "images_identical": f"{int(equal_images.sum())}/{len(equal_images)}",
+            "codes_equal_share": round(float((left == right).float().mean()), 4),
+        }
+
+    return {
+        "checkpoint": str(args.checkpoint),
+        "stored_dtype": str(next(base.dalle.parameters()).dtype).removeprefix("torch."),
+        "prompts": len(prompts),
+        "attempts": args.attempts,
+        "sampling": {"top_k": args.top_k, "top_p": args.top_p, "temperature": 1.0, "seeds": list(seeds)},
+        "kl_bf16_int8": {
+            "mean": float(per_step_int8.mean()),
+            "max": float(per_step_int8.max()),
+            "p99": float(per_step_int8.quantile(0.99)),
+        },
+        "kl_checkpoint_bf16": {
+            "mean": float(per_step_bf16.mean()),
+            "max": float(per_step_bf16.max()),
+            "p99": float(per_step_bf16.quantile(0.99)),
+        },
+        "same_seed_int8_vs_bf16": same("bf16", "int8"),
+        "same_seed_bf16_vs_checkpoint": same("checkpoint", "bf16"),
+        "retrieval": retrieval,
+        "method": (
+            f"KL per step along the bf16 samples of seed {args.seed} (teacher-forced, prefill included), "
+            "over all images and steps, raw temperature-1 distributions over the image vocabulary"
+        ),
+    }
+
+
+# ----- the run -----
+
+
+def quick_config() -> DalleConfig:
+    return DalleConfig(
+        num_layers=3,
+        hidden_size=64,
+        num_attention_heads=4,
+        text_seq_length=8,
+        image_tokens_per_dim=8,
+        vocab_size=64 + 8,
+        image_vocab_size=64,
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a tiny shape, for tests (seconds)")
+    parser.add_argument("--preset", default="malevich", help="DalleConfig preset timed (default: malevich)")
+    parser.add_argument("--batches", default="1,16,64")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="bf16, int8 (and bf16-packed, an experiment)"
+    )
+    parser.add_argument("--experiments", default="bf16-packed", help="modes tried at --experiment-batches")
+    parser.add_argument("--experiment-batches", default="1,16")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7, help="timed steps per case (median)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--bandwidth-gib", type=float, default=1.0)
+    parser.add_argument("--gemm-size", type=int, default=4096)
+    parser.add_argument(
+        "--position", type=int, default=None, help="image position timed (default: mid-image)"
+    )
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--checkpoint", type=Path, help="a trained model: adds `quality`")
+    parser.add_argument("--tokens", type=Path, help="its tokens folder (bpe.json, vqgan, thumbnails)")
+    parser.add_argument("--prompts", type=Path, default=Path("prompts/demo.txt"))
+    parser.add_argument("--attempts", type=int, default=8, help="images per prompt for `quality`")
+    parser.add_argument("--top-k", type=int, default=1024)
+    parser.add_argument("--top-p", type=float, default=0.995)
+    args = parser.parse_args(argv)
+    if args.checkpoint and not args.tokens:
+        parser.error("--checkpoint needs --tokens")
+    if args.quick:
+        args.bandwidth_gib, args.gemm_size, args.repeats, args.warmup = 1 / 64, 256, 3, 1
+        args.batches, args.experiment_batches = "1,4", "4"
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = quick_config() if args.quick else DalleConfig.preset(args.preset)
+    batches = [int(b) for b in args.batches.split(",")]
+    position = cfg.image_seq_length // 2 if args.position is None else args.position
+    bandwidth = read_bandwidth(int(args.bandwidth_gib * GIB), max(args.repeats, 5))
+    limits = {
+        "bandwidth_gbps": round(bandwidth, 2),
+        "gemm_gflops": round(gemm_throughput(args.gemm_size, args.repeats), 1),
+    }
+    cases, experiments = [], []
+    plan = [(mode, batches) for mode in args.modes.split(",") if mode]
+    plan += [
+        (mode, [int(b) for b in args.experiment_batches.split(",")])
+        for mode in args.experiments.split(",")
+        if mode
+    ]
+    for mode, mode_batches in plan:
+        # A fresh model per mode: the same seed gives the same weights, and only one copy is held
+        # (the batch-64 cache alone takes 8 GB).
+        model = set_mode(build_model(cfg, args.seed), mode)
+        for batch in mode_batches:
+            row = case(model, mode, batch, position, limits, args.repeats, args.warmup, args.seed)
+            (cases if mode in MODES else experiments).append(row)
+        del model
+        gc.collect()
+    by_case = {(row["mode"], row["batch"]): row["ms_per_step"] for row in cases + experiments}
+    ratios = {
+        f"{mode}/bf16": {
+            str(b): round(by_case[mode, b] / by_case["bf16", b], 3)
+            for b in batches
+            if (mode, b) in by_case and ("bf16", b) in by_case
+        }
+        for mode in {row["mode"] for row in cases + experiments} - {"bf16"}
+    }
+    report: dict[str, Any] = {
+        "machine": {
+            "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            **limits,
+            "bandwidth_method": f"sum over {args.bandwidth_gib:g} GiB of fp32, median of {max(args.repeats, 5)}",
+            "gemm_method": f"bf16 {args.gemm_size}^3 matmul, median of {args.repeats}",
+        },
+        "config": {
+            "preset": "quick" if args.quick else args.preset,
+            "layers": cfg.num_layers,
+            "hidden": cfg.hidden_size,
+            "heads": cfg.num_attention_heads,
+            "text_positions": cfg.text_positions,
+            "grid": cfg.image_tokens_per_dim,
+            "image_vocab": cfg.image_vocab_size,
+        },
+        "image_position": position,
+        "steps_per_image": cfg.image_seq_length,
+        "method": (
+            f"median of {args.repeats} IncrementalDecoder.step calls after {args.warmup} untimed, all at image "
+            f"position {position} (cache random up to it, no prefill); bytes: weights read per step + "
+            "bf16 keys and values the masks allow; FLOPs: 2 x batch x (linear MACs + q.k and p.v)"
+        ),
+        "cases": cases,
+        "ratios": ratios,
+        "experiments": experiments,
+        "kernels": kernel_times(cfg.hidden_size, batches, max(args.repeats, 10), args.seed),
+    }
+    if args.checkpoint:
+        report["quality"] = quality(args)
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
