@@ -20,10 +20,14 @@ Only the step is timed, on random weights built directly in bf16. Prefilling 128
 batch 64 would take minutes, so there is no prefill: the key/value cache is filled with random
 values up to a mid-image position (`image_position`, the decoder's `batch` set directly) and each
 timed step runs at that same position (the position is reset between steps, so every repeat reads
-the same keys). The cache is allocated only up to that position: at batch 64 the full cache would
-be 14.5 GB.
+the same keys). The cache is allocated only up to that position, and only the keys and values a
+step reads there are written (`decoder_at`): at batch 64 the full cache would be 14.5 GB.
 
-`experiments` holds what was tried to speed up the larger batches; each says what it measured.
+`experiments` holds what the sampler's CPU choices are worth, at batches 1 and 16: the bf16 step
+with plain `nn.Linear` weights instead of oneDNN-packed ones (`emojich.models.packed`), with the
+bf16 batched-matmul attention instead of the flash-attention kernel, and with both (the sampler
+as it was). `cpu_share` says how much of the run's wall time its threads got: well under 1 means
+another process took the cores and the timings are not the machine's.
 
 `--checkpoint PATH --tokens DIR` adds `quality`: a trained model's sampling with bf16 and int8
 weights (and as stored, for scale), for the prompts of `--prompts`: the mean and max per-step
@@ -40,7 +44,9 @@ import argparse
 import dataclasses
 import gc
 import json
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,15 +55,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from emojich.generate.sampling import IncrementalDecoder
+from emojich.generate.sampling import IncrementalDecoder, _attend_segments, key_segments
 from emojich.models.dalle import Dalle, DalleConfig
-from emojich.models.int8 import Int8Linear, quantize_linears
+from emojich.models.int8 import Int8Linear
+from emojich.models.packed import PackedLinear
+from emojich.models.precision import set_weights_dtype
 
 MODES = ("bf16", "int8")
 GIB = 1 << 30
 
 
 # ----- the machine's limits -----
+
+
+def note(message: str) -> None:
+    """Progress on stderr: stdout carries only the JSON."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
@@ -71,11 +84,13 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> t
     return statistics.median(times), times
 
 
-def read_bandwidth(nbytes: int, repeats: int) -> float:
-    """GB/s of `sum` over an fp32 tensor far larger than the caches."""
+def read_bandwidth(nbytes: int, repeats: int) -> dict[str, float]:
+    """GB/s two readers get from an fp32 tensor far larger than the caches: `sum`, and a
+    matrix-vector product over it (BLAS gemv; on 2 cores `sum` is partly bound by its adds)."""
     data = torch.ones(nbytes // 4)
-    seconds, _ = median_seconds(lambda: data.sum(), repeats, warmup=2)
-    return data.numel() * 4 / seconds / 1e9
+    matrix, vector = data.view(-1, 4096), torch.ones(4096)
+    readers = {"sum": lambda: data.sum(), "gemv": lambda: torch.mv(matrix, vector)}
+    return {name: nbytes / median_seconds(fn, repeats, warmup=2)[0] / 1e9 for name, fn in readers.items()}
 
 
 def gemm_throughput(size: int, repeats: int) -> float:
@@ -101,47 +116,12 @@ def build_model(cfg: DalleConfig, seed: int) -> Dalle:
     return model.eval()
 
 
-def set_mode(model: Dalle, mode: str) -> Dalle:
-    if mode == "int8":
-        quantize_linears(model.transformer, torch.bfloat16)
-    elif mode == "bf16-packed":
-        pack_linears(model.transformer)
-    elif mode != "bf16":
-        raise ValueError(f"unknown mode {mode!r}")
-    return model
-
-
-class PackedLinear(nn.Module):
-    """bf16 linear with its weight reordered once into oneDNN's blocked layout (what inductor's
-    freezing does on the CPU): plain weights are reordered again by every call at M > 1."""
-
-    def __init__(self, linear: nn.Linear, batch: int) -> None:
-        super().__init__()
-        self.out_features = linear.out_features
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch)
-        self.bias = None if linear.bias is None else linear.bias.detach()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, self.bias, "none", [], "")
-        return out.view(*x.shape[:-1], self.out_features)
-
-
-def pack_linears(module: nn.Module, batch: int = 16) -> None:
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                setattr(parent, name, PackedLinear(child, batch))
-
-
 def linear_shapes(module: nn.Module) -> list[tuple[int, int]]:
     """(in, out) of every linear layer, whatever its kind."""
     shapes = []
     for child in module.modules():
-        if isinstance(child, nn.Linear | Int8Linear):
+        if isinstance(child, nn.Linear | Int8Linear | PackedLinear):
             shapes.append((child.in_features, child.out_features))
-        elif isinstance(child, PackedLinear):
-            shapes.append((child.weight.shape[1], child.out_features))
     return shapes
 
 
@@ -152,9 +132,9 @@ def weight_bytes(model: Dalle) -> int:
     tensors = [*model.transformer.parameters(), *model.transformer.buffers()]
     masks = {id(model.transformer.mask_for(kind)) for kind in ("row", "column", "conv")}
     total = sum(t.numel() * t.element_size() for t in tensors if id(t) not in masks)
-    for module in model.transformer.modules():  # mkldnn tensors are no parameters
+    for module in model.transformer.modules():  # a packed weight is no parameter
         if isinstance(module, PackedLinear):
-            total += module.weight.numel() * 2 + (0 if module.bias is None else module.bias.numel() * 2)
+            total += module.in_features * module.out_features * 2
     element = model.to_logits[1].weight.element_size()
     total += (cfg.image_vocab_size * (cfg.hidden_size + 1) + 2 * cfg.hidden_size) * element
     return total
@@ -163,30 +143,71 @@ def weight_bytes(model: Dalle) -> int:
 # ----- one decode step -----
 
 
-def decoder_at(model: Dalle, batch: int, position: int, seed: int) -> IncrementalDecoder:
-    """A decoder about to feed image code `position` of `batch` images, its cache random up to there."""
+def decoder_at(
+    model: Dalle, batch: int, position: int, seed: int, matmul: bool = False, share_text: bool = True
+) -> IncrementalDecoder:
+    """A decoder about to feed image code `position` of `batch` images of one caption, with random
+    keys and values where a step there reads them.
+
+    As after a prefill of one caption, the text's keys are in row 0 only and every row reads them
+    there (`IncrementalDecoder.shared`; `share_text=False`: each row its own); `matmul=True` sets up the bf16 batched-matmul attention
+    instead, with its own segments and every row's own text, as the sampler had it.
+
+    Only the positions a step reads are written: the rest of the cache is allocated but never
+    touched, so the system never backs it with memory (at batch 64 the cache up to mid-image
+    would take 8 GB)."""
     cfg = model.config
     decoder = IncrementalDecoder(model, 1)  # its one-image cache is replaced just below
-    length = decoder.first_query + position + 1  # every key a step at `position` reads or writes
+    if matmul:
+        decoder.attend = _attend_segments
+        decoder.segments = {
+            kind: [
+                tuple(s if isinstance(s, slice) else torch.from_numpy(s) for s in segs)
+                for segs in key_segments(
+                    kind,
+                    cfg.text_seq_length,
+                    cfg.image_tokens_per_dim,
+                    cfg.format,
+                    cfg.conv_kernel,
+                    decoder.first_query,
+                )
+            ]
+            for kind in decoder.segments
+        }
+    elif share_text and batch > 1:
+        decoder.shared = decoder.first_query
+    length = decoder.first_query + position + 1  # the step writes position `length - 1`
+    shape = (cfg.num_layers, batch, cfg.num_attention_heads, length, cfg.head_dim)
     generator = torch.Generator().manual_seed(seed)
     for name in ("keys", "values"):
         block = torch.randn(cfg.num_attention_heads, length, cfg.head_dim, generator=generator)
-        cache = torch.empty(
-            (cfg.num_layers, batch, cfg.num_attention_heads, length, cfg.head_dim), dtype=decoder.dtype
-        )
-        cache.copy_(block.to(decoder.dtype).expand_as(cache))  # random enough, and quick at 8 GB
+        block = block.to(decoder.dtype)  # the same random block for every image and layer: quick
+        cache = torch.empty(shape, dtype=decoder.dtype)
+        for index, kind in enumerate(model.transformer.layer_masks):
+            for segment in decoder.segments[kind][position]:
+                shared = isinstance(segment, slice) and segment.stop <= decoder.shared
+                rows = cache[index, :1] if shared else cache[index]
+                if isinstance(segment, slice):
+                    part = rows[:, :, segment]
+                    part.copy_(block[:, : part.shape[2]].expand_as(part))
+                else:
+                    rows[:, :, segment] = block[:, : len(segment)].expand(len(rows), -1, -1, -1)
         setattr(decoder, name, cache)
     decoder.batch, decoder.image_position = batch, position
     return decoder
 
 
-def keys_read(decoder: IncrementalDecoder, position: int) -> int:
-    """Keys (= values) all layers read at image `position`, per image."""
-    total = 0
+def keys_read(decoder: IncrementalDecoder, position: int) -> tuple[int, int]:
+    """Keys (= values) all layers read at image `position`: (shared by the batch, per image)."""
+    shared = own = 0
     for kind in decoder.model.transformer.layer_masks:
         for segment in decoder.segments[kind][position]:
-            total += len(range(*segment.indices(10**9))) if isinstance(segment, slice) else len(segment)
-    return total
+            count = len(range(*segment.indices(10**9))) if isinstance(segment, slice) else len(segment)
+            if isinstance(segment, slice) and segment.stop <= decoder.shared:
+                shared += count
+            else:
+                own += count
+    return shared, own
 
 
 def time_steps(decoder: IncrementalDecoder, position: int, repeats: int, warmup: int) -> list[float]:
@@ -209,18 +230,23 @@ def case(
     repeats: int,
     warmup: int,
     seed: int,
+    matmul: bool = False,
+    share_text: bool = True,
 ) -> dict[str, Any]:
     cfg = model.config
-    decoder = decoder_at(model, batch, position, seed)
+    decoder = decoder_at(model, batch, position, seed, matmul, share_text)
+    cpu_before, wall_before = os.times(), time.perf_counter()
     times = time_steps(decoder, position, repeats, warmup)
+    cpu_after, wall = os.times(), time.perf_counter() - wall_before
+    cpu = cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system
     step_s = statistics.median(times)
-    keys = keys_read(decoder, position)
+    shared, own = keys_read(decoder, position)
     del decoder
     gc.collect()
     weights = weight_bytes(model)
-    kv = 2 * keys * cfg.hidden_size * 2 * batch  # keys and values, bf16
+    kv = 2 * (shared + own * batch) * cfg.hidden_size * 2  # keys and values, bf16
     macs = sum(i * o for i, o in linear_shapes(model.transformer)) + cfg.image_vocab_size * cfg.hidden_size
-    flops = 2 * batch * (macs + 2 * keys * cfg.hidden_size)  # + q.k and p.v over the keys read
+    flops = 2 * batch * (macs + 2 * (shared + own) * cfg.hidden_size)  # + q.k and p.v over the keys
     moved = weights + kv
     return {
         "mode": mode,
@@ -230,12 +256,16 @@ def case(
         "s_per_image": round(cfg.image_seq_length * step_s / batch, 3),
         "weight_bytes": weights,
         "kv_bytes": kv,
+        "text_keys_shared": bool(shared),
         "bytes_per_step": moved,
         "gbps": round(moved / step_s / 1e9, 2),
         "bandwidth_share": round(moved / step_s / 1e9 / limits["bandwidth_gbps"], 3),
         "flops_per_step": flops,
         "gflops": round(flops / step_s / 1e9, 1),
         "gemm_share": round(flops / step_s / 1e9 / limits["gemm_gflops"], 4),
+        # The share of the timed steps' wall time the process's threads ran: well under 1 means
+        # another process took the cores.
+        "cpu_share": round(cpu / wall / torch.get_num_threads(), 3),
     }
 
 
@@ -246,7 +276,7 @@ def kernel_times(hidden: int, batches: list[int], repeats: int, seed: int) -> li
     layers: dict[str, nn.Module] = {
         "bf16": linear,
         "int8": Int8Linear.from_linear(linear),
-        "bf16-packed": PackedLinear(linear, 16),
+        "bf16-packed": PackedLinear(linear),
     }
     rows = []
     for mode, layer in layers.items():
@@ -391,10 +421,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a tiny shape, for tests (seconds)")
     parser.add_argument("--preset", default="malevich", help="DalleConfig preset timed (default: malevich)")
     parser.add_argument("--batches", default="1,16,64")
-    parser.add_argument(
-        "--modes", default=",".join(MODES), help="bf16, int8 (and bf16-packed, an experiment)"
-    )
-    parser.add_argument("--experiments", default="bf16-packed", help="modes tried at --experiment-batches")
     parser.add_argument("--experiment-batches", default="1,16")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per case (median)")
@@ -423,30 +449,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    started, cpu_started = time.perf_counter(), os.times()
     cfg = quick_config() if args.quick else DalleConfig.preset(args.preset)
     batches = [int(b) for b in args.batches.split(",")]
     position = cfg.image_seq_length // 2 if args.position is None else args.position
-    bandwidth = read_bandwidth(int(args.bandwidth_gib * GIB), max(args.repeats, 5))
+    readers = read_bandwidth(int(args.bandwidth_gib * GIB), max(args.repeats, 5))
     limits = {
-        "bandwidth_gbps": round(bandwidth, 2),
+        "bandwidth_gbps": round(max(readers.values()), 2),  # the best reader: shares are of this
         "gemm_gflops": round(gemm_throughput(args.gemm_size, args.repeats), 1),
     }
-    cases, experiments = [], []
-    plan = [(mode, batches) for mode in args.modes.split(",") if mode]
-    plan += [
-        (mode, [int(b) for b in args.experiment_batches.split(",")])
-        for mode in args.experiments.split(",")
-        if mode
-    ]
-    for mode, mode_batches in plan:
-        # A fresh model per mode: the same seed gives the same weights, and only one copy is held
-        # (the batch-64 cache alone takes 8 GB).
-        model = set_mode(build_model(cfg, args.seed), mode)
-        for batch in mode_batches:
-            row = case(model, mode, batch, position, limits, args.repeats, args.warmup, args.seed)
-            (cases if mode in MODES else experiments).append(row)
-        del model
-        gc.collect()
+    experiment_batches = [int(b) for b in args.experiment_batches.split(",") if b]
+    cases: list[dict[str, Any]] = []
+    experiments: list[dict[str, Any]] = []
+
+    def run(rows: list, name: str, model: Dalle, run_batches: list[int], **setup: bool) -> None:
+        for batch in run_batches:
+            note(f"{name}, batch {batch}")
+            rows.append(
+                case(model, name, batch, position, limits, args.repeats, args.warmup, args.seed, **setup)
+            )
+
+    # One model at a time (the batch-64 cache alone takes 8 GB); the same seed, the same weights.
+    note("machine limits measured; building the model")
+    model = build_model(cfg, args.seed)
+    # What each of the sampler's CPU choices is worth (`experiments`): the sampler as it was
+    # (plain linear layers, bf16 matmul attention, each image its own text keys), then one choice
+    # taken back at a time.
+    run(experiments, "bf16-as-before", model, experiment_batches, matmul=True)
+    run(experiments, "bf16-plain-linears", model, experiment_batches)
+    set_weights_dtype(model, "bf16")  # what generation samples with
+    run(cases, "bf16", model, batches)
+    run(experiments, "bf16-matmul-attention", model, experiment_batches, matmul=True)
+    run(experiments, "bf16-text-per-image", model, [b for b in experiment_batches if b > 1], share_text=False)
+    del model
+    gc.collect()
+    model = set_weights_dtype(build_model(cfg, args.seed), "int8")
+    run(cases, "int8", model, batches)
+    del model
+    gc.collect()
     by_case = {(row["mode"], row["batch"]): row["ms_per_step"] for row in cases + experiments}
     ratios = {
         f"{mode}/bf16": {
@@ -461,7 +501,9 @@ def main(argv: list[str] | None = None) -> None:
             "threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             **limits,
-            "bandwidth_method": f"sum over {args.bandwidth_gib:g} GiB of fp32, median of {max(args.repeats, 5)}",
+            "bandwidth_readers_gbps": {name: round(value, 2) for name, value in readers.items()},
+            "bandwidth_method": f"best of sum and gemv over {args.bandwidth_gib:g} GiB of fp32, "
+            f"median of {max(args.repeats, 5)} each",
             "gemm_method": f"bf16 {args.gemm_size}^3 matmul, median of {args.repeats}",
         },
         "config": {
@@ -485,7 +527,14 @@ def main(argv: list[str] | None = None) -> None:
         "experiments": experiments,
         "kernels": kernel_times(cfg.hidden_size, batches, max(args.repeats, 10), args.seed),
     }
+    cpu = os.times()
+    wall = time.perf_counter() - started
+    used = cpu.user + cpu.system - cpu_started.user - cpu_started.system
+    report["machine"]["cpu_share"] = round(used / wall / args.threads, 3)
+    report["machine"]["load_average_after"] = os.getloadavg()[0]
+    report["wall_s"] = round(wall, 1)
     if args.checkpoint:
+        note("quality on the trained model")
         report["quality"] = quality(args)
     print(json.dumps(report, indent=2, ensure_ascii=False))
 

@@ -165,5 +165,15 @@ def test_cpu_decode_benchmark_quick_prints_its_report():
         == 4 * cases["bf16", 1]["flops_per_step"]
     )
     assert set(report["ratios"]["int8/bf16"]) == {"1", "4"}
-    assert {row["mode"] for row in report["experiments"]} == {"bf16-packed"}
+    assert {row["mode"] for row in report["experiments"]} == {
+        "bf16-as-before",
+        "bf16-plain-linears",
+        "bf16-matmul-attention",
+        "bf16-text-per-image",
+    }
+    # One caption's batch reads its text keys once.
+    assert cases["bf16", 4]["text_keys_shared"] and not cases["bf16", 1]["text_keys_shared"]
+    assert cases["bf16", 4]["kv_bytes"] < 4 * cases["bf16", 1]["kv_bytes"]
+    assert set(report["machine"]["bandwidth_readers_gbps"]) == {"sum", "gemv"}
+    assert report["machine"]["cpu_share"] > 0
     assert {row["mode"] for row in report["kernels"]} == {"bf16", "int8", "bf16-packed"}

@@ -95,7 +95,7 @@ def load_models(
     """`weights_dtype` (`emojich.models.precision`): the transformer's weights as stored, bf16 or int8."""
     check_weights_dtype(weights_dtype)
     # Cast and quantised on the CPU, where the checkpoint was read, before moving to `device`.
-    dalle = set_weights_dtype(Dalle.load(checkpoint), weights_dtype).to(device).eval()
+    dalle = set_weights_dtype(Dalle.load(checkpoint), weights_dtype, device).to(device).eval()
     tokenizer = TextTokenizer.load(bpe)
     image_model = VQGan.load(vqgan).to(device).eval()
     cfg, vq = dalle.config, image_model.config

@@ -1,7 +1,8 @@
 """Which weights generation samples with: as the checkpoint stores them, bf16, or int8 linears.
 
 - `checkpoint`: the stored tensors unchanged (fp32 for models trained here); the default.
-- `bf16`: every weight the image tokens pass through in bf16, half the bytes a decode step reads.
+- `bf16`: every weight the image tokens pass through in bf16, half the bytes a decode step reads;
+  on the CPU the transformer's linear layers are packed for oneDNN once (`emojich.models.packed`).
 - `int8`: as bf16, then the transformer's linear layers (attention qkv and output, MLP) int8 with
   per-output-channel scales (`emojich.models.int8`): half again. Embeddings, layer norms and the
   logits head stay bf16; together they are a few per cent of what a step reads.
@@ -19,6 +20,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
+
     from emojich.models.dalle import Dalle
 
 WEIGHTS_DTYPES = ("checkpoint", "bf16", "int8")
@@ -31,11 +34,13 @@ def check_weights_dtype(value: object, where: str = "weights_dtype") -> str:
     return str(value)
 
 
-def set_weights_dtype(model: Dalle, weights_dtype: str) -> Dalle:
-    """Cast (and for int8 quantise) `model` in place for sampling; returns it."""
+def set_weights_dtype(model: Dalle, weights_dtype: str, device: torch.device | str = "cpu") -> Dalle:
+    """Cast (and for int8 quantise) the CPU `model` in place for sampling on `device`; returns it.
+    Move it to `device` afterwards: bf16 weights packed for the CPU stay on the CPU."""
     import torch
 
     from emojich.models.int8 import quantize_linears
+    from emojich.models.packed import pack_linears
 
     check_weights_dtype(weights_dtype)
     if weights_dtype == "checkpoint":
@@ -46,4 +51,6 @@ def set_weights_dtype(model: Dalle, weights_dtype: str) -> Dalle:
             caption_side.float()
     if weights_dtype == "int8":
         quantize_linears(model.transformer, torch.bfloat16)
+    elif torch.device(device).type == "cpu":
+        pack_linears(model.transformer)
     return model
