@@ -7,11 +7,13 @@ reads every weight once and the keys and values the layers' sparse masks allow, 
 bytes carry more FLOPs, until the GEMM throughput bounds it. So the run measures both limits first,
 on this machine and in this run:
 
-- bandwidth: `sum` over a 1 GiB fp32 tensor, median of repeats (GB/s);
+- bandwidth: the better of two readers of a 1 GiB fp32 tensor, `sum` and a matrix-vector product
+  (on 2 cores `sum` is partly bound by its adds), median of repeats (GB/s);
 - GEMM: a large square bf16 matmul, median of repeats (GFLOP/s);
 
-then, per weights mode (bf16; int8: the transformer's linear layers int8, `emojich.models.int8`)
-and batch (1, 16, 64): ms/step (median of repeats), s/image (steps per image x ms/step / batch),
+then, per weights mode as generation uses it (`emojich.models.precision`: bf16, the linear layers
+packed for oneDNN; int8, the transformer's linear layers int8, `emojich.models.int8`) and batch
+(1, 16, 64), each batch one caption's images: ms/step (median of repeats), s/image (steps per image x ms/step / batch),
 bytes read per step (weights + keys/values) and their share of the bandwidth, FLOPs per step and
 their share of the GEMM throughput; and int8/bf16 ratios. `kernels` times one MLP-sized linear
 layer alone per mode and batch, to tell the matrix products from the rest of the step.
@@ -26,8 +28,11 @@ step reads there are written (`decoder_at`): at batch 64 the full cache would be
 `experiments` holds what the sampler's CPU choices are worth, at batches 1 and 16: the bf16 step
 with plain `nn.Linear` weights instead of oneDNN-packed ones (`emojich.models.packed`), with the
 bf16 batched-matmul attention instead of the flash-attention kernel, and with both (the sampler
-as it was). `cpu_share` says how much of the run's wall time its threads got: well under 1 means
-another process took the cores and the timings are not the machine's.
+as it was), and with every row keeping its own text keys. `--try-compile` adds `compile`: every
+layer's MLP half at the largest of those batches compiled by inductor with frozen weights, beside
+eager plain and packed. Each case's `cpu_share` says how much of its timed steps' wall time the
+process's threads ran: well under 1 means another process took the cores, and the timings are not
+the machine's.
 
 `--checkpoint PATH --tokens DIR` adds `quality`: a trained model's sampling with bf16 and int8
 weights (and as stored, for scale), for the prompts of `--prompts`: the mean and max per-step
@@ -58,7 +63,7 @@ from torch import nn
 from emojich.generate.sampling import IncrementalDecoder, _attend_segments, key_segments
 from emojich.models.dalle import Dalle, DalleConfig
 from emojich.models.int8 import Int8Linear
-from emojich.models.packed import PackedLinear
+from emojich.models.packed import PackedLinear, pack_linears
 from emojich.models.precision import set_weights_dtype
 
 MODES = ("bf16", "int8")
@@ -298,6 +303,48 @@ def kernel_times(hidden: int, batches: list[int], repeats: int, seed: int) -> li
     return rows
 
 
+def compiled_mlps(cfg: DalleConfig, batch: int, repeats: int, seed: int) -> dict[str, Any]:
+    """The second half of every layer (layer norm, MLP, layer norm, residual) at `batch`: eager with
+    plain and with packed linear layers, and compiled by inductor with frozen weights (which packs
+    them for oneDNN too and fuses the pointwise operations around them)."""
+    import torch._inductor.config as inductor_config
+
+    from emojich.models.dalle import TransformerLayer
+
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_layers)).eval()
+    finally:
+        torch.set_default_dtype(previous)
+
+    class Halves(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = layers
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for layer in self.layers:
+                x = layer.feed_forward(x)
+            return x
+
+    halves = Halves().eval()
+    x = torch.randn(batch, 1, cfg.hidden_size).to(torch.bfloat16)
+    row: dict[str, Any] = {"batch": batch, "layers": cfg.num_layers}
+    with torch.inference_mode():
+        row["eager_plain_ms"] = round(median_seconds(lambda: halves(x), repeats, 2)[0] * 1e3, 2)
+        inductor_config.freezing = True
+        compiled = torch.compile(halves)
+        started = time.perf_counter()
+        compiled(x)
+        row["compile_s"] = round(time.perf_counter() - started, 1)
+        row["compiled_ms"] = round(median_seconds(lambda: compiled(x), repeats, 2)[0] * 1e3, 2)
+        pack_linears(halves)
+        row["eager_packed_ms"] = round(median_seconds(lambda: halves(x), repeats, 2)[0] * 1e3, 2)
+    return row
+
+
 # ----- quality on a trained model -----
 
 
@@ -422,6 +469,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", default="malevich", help="DalleConfig preset timed (default: malevich)")
     parser.add_argument("--batches", default="1,16,64")
     parser.add_argument("--experiment-batches", default="1,16")
+    parser.add_argument(
+        "--try-compile",
+        action="store_true",
+        help="also time every layer's MLP half compiled by inductor at the largest experiment batch",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per case (median)")
     parser.add_argument("--warmup", type=int, default=2)
@@ -449,7 +501,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    started, cpu_started = time.perf_counter(), os.times()
+    started = time.perf_counter()
     cfg = quick_config() if args.quick else DalleConfig.preset(args.preset)
     batches = [int(b) for b in args.batches.split(",")]
     position = cfg.image_seq_length // 2 if args.position is None else args.position
@@ -527,12 +579,10 @@ def main(argv: list[str] | None = None) -> None:
         "experiments": experiments,
         "kernels": kernel_times(cfg.hidden_size, batches, max(args.repeats, 10), args.seed),
     }
-    cpu = os.times()
-    wall = time.perf_counter() - started
-    used = cpu.user + cpu.system - cpu_started.user - cpu_started.system
-    report["machine"]["cpu_share"] = round(used / wall / args.threads, 3)
-    report["machine"]["load_average_after"] = os.getloadavg()[0]
-    report["wall_s"] = round(wall, 1)
+    if args.try_compile:
+        note("compiled MLP halves")
+        report["compile"] = compiled_mlps(cfg, max(experiment_batches), args.repeats, args.seed)
+    report["wall_s"] = round(time.perf_counter() - started, 1)
     if args.checkpoint:
         note("quality on the trained model")
         report["quality"] = quality(args)
