@@ -16,7 +16,8 @@ packed for oneDNN; int8, the transformer's linear layers int8, `emojich.models.i
 (1, 16, 64), each batch one caption's images: ms/step (median of repeats), s/image (steps per image x ms/step / batch),
 bytes read per step (weights + keys/values) and their share of the bandwidth, FLOPs per step and
 their share of the GEMM throughput; and int8/bf16 ratios. `kernels` times one MLP-sized linear
-layer alone per mode and batch, to tell the matrix products from the rest of the step.
+layer alone per mode and batch (copies of it, 1 GiB of bf16 weights, run in turn: from memory, not
+from the cache), to tell the matrix products from the rest of the step.
 
 Only the step is timed, on random weights built directly in bf16. Prefilling 128 text tokens at
 batch 64 would take minutes, so there is no prefill: the key/value cache is filled with random
@@ -46,6 +47,7 @@ KL(stored || bf16) beside it), whether the same seed samples the same codes, and
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import gc
 import json
@@ -274,22 +276,33 @@ def case(
     }
 
 
-def kernel_times(hidden: int, batches: list[int], repeats: int, seed: int) -> list[dict[str, Any]]:
-    """One MLP-sized linear (hidden -> 4 hidden) alone, per mode and batch: ms and GB/s of its weight."""
+def kernel_times(
+    hidden: int, batches: list[int], repeats: int, seed: int, nbytes: int
+) -> list[dict[str, Any]]:
+    """An MLP-sized linear layer (hidden -> 4 hidden) alone, per mode and batch: ms per layer and GB/s
+    of its weight. Copies of the layer with `nbytes` of bf16 weights in all are run in turn, so the
+    weights come from memory, not from the last-level cache, as in a decode step."""
     torch.manual_seed(seed)
-    linear = nn.Linear(hidden, 4 * hidden).to(torch.bfloat16)
-    layers: dict[str, nn.Module] = {
-        "bf16": linear,
-        "int8": Int8Linear.from_linear(linear),
-        "bf16-packed": PackedLinear(linear),
+    source = nn.Linear(hidden, 4 * hidden).to(torch.bfloat16)
+    copies = max(1, -(-nbytes // (source.weight.numel() * 2)))
+    makers: dict[str, Callable[[nn.Linear], nn.Module]] = {
+        "bf16": lambda linear: linear,
+        "int8": Int8Linear.from_linear,
+        "bf16-packed": PackedLinear,
     }
     rows = []
-    for mode, layer in layers.items():
+    for mode, make in makers.items():
+        layers = [make(copy.deepcopy(source)) for _ in range(copies)]
         weight = 4 * hidden * hidden * (1 if mode == "int8" else 2)
         for batch in batches:
             x = torch.randn(batch, hidden).to(torch.bfloat16)
+
+            def run_all(x: torch.Tensor = x, layers: list[nn.Module] = layers) -> None:
+                for layer in layers:
+                    layer(x)
+
             with torch.inference_mode():
-                seconds, _ = median_seconds(lambda layer=layer, x=x: layer(x), repeats, warmup=3)
+                seconds = median_seconds(run_all, repeats, warmup=1)[0] / copies
             rows.append(
                 {
                     "mode": mode,
@@ -300,6 +313,7 @@ def kernel_times(hidden: int, batches: list[int], repeats: int, seed: int) -> li
                     "gflops": round(2 * batch * 4 * hidden * hidden / seconds / 1e9, 1),
                 }
             )
+        del layers
     return rows
 
 
@@ -577,7 +591,9 @@ def main(argv: list[str] | None = None) -> None:
         "cases": cases,
         "ratios": ratios,
         "experiments": experiments,
-        "kernels": kernel_times(cfg.hidden_size, batches, max(args.repeats, 10), args.seed),
+        "kernels": kernel_times(
+            cfg.hidden_size, batches, args.repeats, args.seed, int(args.bandwidth_gib * GIB)
+        ),
     }
     if args.try_compile:
         note("compiled MLP halves")
