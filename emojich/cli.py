@@ -385,8 +385,9 @@ def _add_generate_command(commands: argparse._SubParsersAction) -> None:
         "--weights-dtype",
         choices=WEIGHTS_DTYPES,
         default="checkpoint",
-        help="the transformer's weights: as the checkpoint stores them, bf16, or int8 linear layers "
-        "(half the bytes of bf16 a step reads; fastest on a CPU at small batches) (default: %(default)s)",
+        help="the transformer's weights: as the checkpoint stores them, bf16 (fastest on a CPU for "
+        "batches), or int8 linear layers (half bf16's bytes; fastest on a CPU at --batch-size 1) "
+        "(default: %(default)s)",
     )
     generate.add_argument(
         "--nproc-per-node",

@@ -9,6 +9,11 @@ the activations' dtype first so the stored codes are exact multiples of the scal
 uses. On the CPU, `torch.ops.aten._weight_int8pack_mm(x[M, K], codes[N, K], scales[N])` computes
 `x @ (codes * scales[:, None]).T` without dequantising the matrix in memory; elsewhere the matrix
 is dequantised for each call (correct, and no faster than the float weights).
+
+The kernel converts and multiplies in fp32 with AVX-512, one input row at a time: on 2 cores it
+reads weights at about 12 GB/s, half the machine's bandwidth, and its cost grows with the rows. So
+int8 pays at batch 1 only (Malevich shape: 97 ms a step vs bf16's 118) and is slower than bf16 from
+a few images at a time up (benchmarks/cpu_decode.py).
 """
 
 from __future__ import annotations

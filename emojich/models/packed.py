@@ -1,10 +1,11 @@
 """bf16 linear layers with their weights laid out once for oneDNN, for sampling on the CPU.
 
-torch hands a bf16 `nn.Linear` on the CPU to oneDNN, which reorders the plain `[out, in]` weight
-into its blocked layout on every call with more than one input row: at batch 16 a step then
-spends longer reordering the Malevich transformer's 2.4 GB of weights than multiplying them
-(one MLP matrix: 1.2 ms plain, 0.7 ms packed; benchmarks/cpu_decode.py `kernels`). Packing them
-once, as torch's own compiler does when it freezes a model for the CPU, removes that.
+torch hands a bf16 `nn.Linear` on the CPU to oneDNN, which for more than one input row reorders the
+plain `[out, in]` weight into its blocked layout on every call: one more pass over the weights each
+step. Packing them once, as torch's own compiler does when it freezes a model for the CPU, saves it:
+an MLP matrix of the Malevich shape at batch 16 takes 1.6 ms instead of 1.9, a decode step 160 ms
+instead of 183 (benchmarks/cpu_decode.py). At batch 1 the plain layout is read faster (a step: 106 ms
+plain, 118 packed), which is why a batch of one does better with int8 weights.
 
 The packed weight is a oneDNN tensor: it cannot move to another device, be saved or be trained,
 so this is for sampling only, after the model is where it will run.
