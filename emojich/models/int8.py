@@ -10,10 +10,11 @@ uses. On the CPU, `torch.ops.aten._weight_int8pack_mm(x[M, K], codes[N, K], scal
 `x @ (codes * scales[:, None]).T` without dequantising the matrix in memory; elsewhere the matrix
 is dequantised for each call (correct, and no faster than the float weights).
 
-The kernel converts and multiplies in fp32 with AVX-512, one input row at a time: on 2 cores it
-reads weights at about 12 GB/s, half the machine's bandwidth, and its cost grows with the rows. So
-int8 pays at batch 1 only (Malevich shape: 97 ms a step vs bf16's 118) and is slower than bf16 from
-a few images at a time up (benchmarks/cpu_decode.py).
+The kernel widens the codes to fp32 and multiplies with AVX-512 FMAs: on 2 cores it reads weights
+at about 12 GB/s, under half the machine's bandwidth, limited by each core's work (it is twice as
+fast with 2 threads as with 1), and its cost grows with the input rows. So int8 pays at batch 1
+only (Malevich shape: 97 ms a step vs bf16's 118) and is far slower than bf16 at batch 16
+(benchmarks/cpu_decode.py).
 """
 
 from __future__ import annotations
