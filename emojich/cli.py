@@ -21,6 +21,7 @@ from emojich.foundation.input_checks import (
     check_output_folder,
 )
 from emojich.foundation.logs import setup_logging
+from emojich.models.precision import WEIGHTS_DTYPES
 
 if TYPE_CHECKING:
     from emojich.foundation.shards import ShardReader
@@ -379,6 +380,14 @@ def _add_generate_command(commands: argparse._SubParsersAction) -> None:
         "--device",
         default="auto",
         help="auto (the GPU when there is one), cpu or cuda (default: %(default)s)",
+    )
+    generate.add_argument(
+        "--weights-dtype",
+        choices=WEIGHTS_DTYPES,
+        default="checkpoint",
+        help="the transformer's weights: as the checkpoint stores them, bf16 (fastest on a CPU for "
+        "batches), or int8 linear layers (half bf16's bytes; fastest on a CPU at --batch-size 1) "
+        "(default: %(default)s)",
     )
     generate.add_argument(
         "--nproc-per-node",

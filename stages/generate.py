@@ -39,6 +39,7 @@ from emojich.generate.grid import SamplingCell
 from emojich.generate.loading import load_models
 from emojich.generate.prompts import read_prompts
 from emojich.generate.run import write_cell
+from emojich.models.precision import check_weights_dtype
 from emojich.text.prompt_sets import read_prompt_set
 
 log = logging.getLogger("stages.generate")
@@ -69,6 +70,8 @@ class GenerateParams:
     guidance: float = 1.0
     threads: int = 0  # torch threads; 0 = torch default
     device: str = "auto"
+    # checkpoint (as stored) | bf16 | int8 (the transformer's linears; emojich.models.precision)
+    weights_dtype: str = "checkpoint"
     # Processes sharing the cell's sampling batches; > 1 relaunches the stage under torchrun.
     # The outputs are the same bytes whatever the count.
     nproc_per_node: int = 1
@@ -84,6 +87,7 @@ class GenerateParams:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"generate.{name} must be an integer >= 1, got {value!r}")
         distributed.check_nproc(self.nproc_per_node, "generate.nproc_per_node")
+        check_weights_dtype(self.weights_dtype, "generate.weights_dtype")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -120,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 tokens / "vqgan.safetensors",
                 params.upscaler,
                 device,
+                params.weights_dtype,
             )
             out = args.out or Path("data/generated") / cell.name
             metrics = write_cell(

@@ -11,6 +11,9 @@ import torch.nn.functional as F
 from emojich.generate.sampling import (
     IncrementalDecoder,
     SampleResult,
+    _attend_segments,
+    _attend_segments_flash,
+    _text_and_image_segments,
     filter_logits,
     generate,
     guide,
@@ -132,6 +135,86 @@ def test_scores_are_mean_nll_under_the_raw_model() -> None:
         logits = model(captions, result.codes)[:, cfg.text_positions - 1 :, cfg.vocab_size :]
     nll = -F.log_softmax(logits, dim=-1).gather(-1, result.codes.unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(result.scores, nll.mean(dim=1), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "demo-bpe"])
+def test_bf16_decoding_on_cpu_reads_the_cache_in_place_and_stays_near_fp32(preset: str) -> None:
+    model = _model("v2", preset, scale=2.0)
+    cfg = model.config
+    text = _text(cfg, captions=2)
+    image = torch.randint(
+        0, cfg.image_vocab_size, (2, cfg.image_seq_length), generator=torch.Generator().manual_seed(3)
+    )
+    with torch.no_grad():
+        full = model(text, image)[:, cfg.text_positions - 1 :, cfg.vocab_size :][:, : cfg.image_seq_length]
+    model = model.to(torch.bfloat16)
+    errors = {}
+    for attend in (_attend_segments_flash, _attend_segments):
+        decoder = IncrementalDecoder(model, batch_size=2)
+        assert decoder.attend is _attend_segments_flash  # bf16 on the CPU
+        decoder.attend = attend
+        steps = [decoder.prefill(text)] + [decoder.step(image[:, j]) for j in range(cfg.image_seq_length - 1)]
+        errors[attend] = (torch.stack(steps, dim=1) - full).abs().max().item()
+    # The flash kernel scales and accumulates in fp32: no further from fp32 than bf16 matmuls are.
+    assert errors[_attend_segments_flash] <= 1.5 * errors[_attend_segments] + 1e-3
+    assert errors[_attend_segments_flash] < 0.05 * full.abs().max().item()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "demo-bpe"])
+def test_flash_segments_read_the_same_keys_text_first(preset: str) -> None:
+    cfg = DalleConfig.preset(preset)
+    for kind in ("row", "column", "conv"):
+        rows = key_segments(
+            kind,
+            cfg.text_seq_length,
+            cfg.image_tokens_per_dim,
+            cfg.format,
+            cfg.conv_kernel,
+            cfg.text_positions,
+        )
+        for segments in rows:
+            flash = _text_and_image_segments(segments, cfg.text_positions)
+            text, image = flash  # the text (all but v2's last position), then the image keys
+            assert (
+                text.start == 0
+                and text.step is None
+                and text.stop in (cfg.text_seq_length, cfg.text_positions)
+            )
+            assert _positions([image])[0] >= cfg.text_positions
+            assert _positions(flash) == _positions(segments)
+
+
+def _positions(segments) -> list[int]:
+    return sorted(
+        p
+        for s in segments
+        for p in (range(s.start, s.stop, s.step or 1) if isinstance(s, slice) else s.tolist())
+    )
+
+
+def test_one_captions_batch_reads_its_text_keys_from_one_row() -> None:
+    model = _model("v2", "demo-bpe", scale=2.0).to(torch.bfloat16)
+    cfg = model.config
+    text = _text(cfg)
+    image = torch.randint(0, cfg.image_vocab_size, (3, 12), generator=torch.Generator().manual_seed(4))
+    batch = IncrementalDecoder(model, batch_size=3)
+    logits = [batch.prefill(text.expand(3, -1))]
+    assert batch.shared == cfg.text_positions
+    logits += [batch.step(image[:, j]) for j in range(image.shape[1])]
+    for row in range(3):  # each image as if it ran alone
+        alone = IncrementalDecoder(model, batch_size=1)
+        expected = [alone.prefill(text)] + [
+            alone.step(image[row : row + 1, j]) for j in range(image.shape[1])
+        ]
+        assert alone.shared == 0
+        for got, want in zip(logits, expected, strict=True):
+            assert (got[row] - want[0]).abs().max() < 0.05 * want.abs().max()
+    mixed = IncrementalDecoder(model, batch_size=2)
+    mixed.prefill(torch.cat([text, _text(cfg, seed=6)]))
+    assert mixed.shared == 0
+    fp32 = IncrementalDecoder(model.float(), batch_size=3)
+    fp32.prefill(text.expand(3, -1))
+    assert fp32.shared == 0  # the fp32 path keeps every row's own keys
 
 
 def test_bfloat16_on_cpu() -> None:

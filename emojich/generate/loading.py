@@ -17,6 +17,7 @@ from emojich.foundation.storage import sha256_file
 from emojich.generate.reading import CaptionReader, Reading
 from emojich.models.dalle import Dalle
 from emojich.models.origin import ORIGIN_KEY, combine, safetensors_origin
+from emojich.models.precision import check_weights_dtype, set_weights_dtype
 from emojich.models.rrdbnet import RRDBNet
 from emojich.models.vqgan import VQGan
 from emojich.text.bpe import TextTokenizer
@@ -52,7 +53,8 @@ class Models:
     vqgan: VQGan
     upscaler: RRDBNet | None
     upscaler_variant: str
-    provenance: dict[str, str]  # sha256 of every file the images depend on
+    # sha256 of every file the images depend on, and the weights_dtype when it is not "checkpoint"
+    provenance: dict[str, str]
     # A conditioned model's frozen text encoder, and what it learnt to read (for "read as").
     encoder: CaptionEncoder | None = None
     reader: CaptionReader | None = None
@@ -88,8 +90,12 @@ def load_models(
     vqgan: str | Path,
     upscaler: str | Path | None,
     device: torch.device,
+    weights_dtype: str = "checkpoint",
 ) -> Models:
-    dalle = Dalle.load(checkpoint).to(device).eval()
+    """`weights_dtype` (`emojich.models.precision`): the transformer's weights as stored, bf16 or int8."""
+    check_weights_dtype(weights_dtype)
+    # Cast and quantised on the CPU, where the checkpoint was read, before moving to `device`.
+    dalle = set_weights_dtype(Dalle.load(checkpoint), weights_dtype, device).to(device).eval()
     tokenizer = TextTokenizer.load(bpe)
     image_model = VQGan.load(vqgan).to(device).eval()
     cfg, vq = dalle.config, image_model.config
@@ -112,6 +118,9 @@ def load_models(
         origins.append(safetensors_origin(upscaler))
     # Every image says whether stand-in weights drew it, so no result passes for the paper's.
     provenance[ORIGIN_KEY] = combine(origins)
+    if weights_dtype != "checkpoint":
+        # Only then: images drawn from the weights as stored keep exactly their records.
+        provenance["weights_dtype"] = weights_dtype
     encoder = reader = None
     if cfg.conditioned:
         encoder = load_encoder(cfg.text_encoder)

@@ -121,6 +121,7 @@ def generate_command(args: Any) -> int:
                 tokens / "vqgan.safetensors",
                 args.upscaler or None,
                 device,
+                getattr(args, "weights_dtype", "checkpoint"),
             )
             metrics = write_cell(
                 Path(args.out),

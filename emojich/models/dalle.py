@@ -610,8 +610,10 @@ class Dalle(nn.Module):
                 raise ValueError(
                     f"this model needs caption vectors [{len(text_tokens)}, 2, {self.config.condition_dim}], got {got}"
                 )
-            # Not under the embeddings' shrunk gradient: these are what must learn fast.
-            e = e + self.caption_projection(self.attribute_vectors(condition).to(e.dtype))
+            # Not under the embeddings' shrunk gradient: these are what must learn fast. In its own
+            # dtype, which may be finer than the embeddings' (emojich.models.precision).
+            vectors = self.attribute_vectors(condition).to(self.caption_projection.whitening.dtype)
+            e = e + self.caption_projection(vectors).to(e.dtype)
             if self.caption_memory is not None:
                 e = e + self.caption_memory(self.caption_memory.query(condition))[:, None, :].to(e.dtype)
             if reference is not None:  # the last text position predicts the first code
