@@ -148,7 +148,9 @@ def test_metrics_are_committed_and_compare_across_commits(pipeline_copy):
     assert "!" not in baseline.values()
 
     # The README's commands for comparing runs read in a 120-column terminal: no line wider, no
-    # column folded into "…", and each shows numbers.
+    # column folded into "…", and each shows numbers. Compared: this run against the last commit, as
+    # two seeds' runs would be (the other tests' experiments, on other params, are not part of it).
+    dvc("exp", "remove", "--all-commits", cwd=path)
     env = {**pipeline_env(), "COLUMNS": "120"}
     for command in readme_commands("comparing-runs"):
         shown = subprocess.run(command, cwd=path, env=env, capture_output=True, text=True, check=True).stdout

@@ -285,12 +285,9 @@ def test_segment_and_stickers_stages_end_to_end(tmp_path, monkeypatch, caplog, t
 
     stickers = make_stickers(StickersParams(), out, tmp_path / "data/stickers")
     assert stickers["count"] == 3 and stickers["all_valid"], stickers["problems"]
-    assert json.loads((tmp_path / "data/stickers/metrics.json").read_text()) == {
-        "count": 3,
-        "valid": 3,
-        "unet": 3 if method == "unet" else 0,
-        "contour": 3 if method == "contour" else 0,
-    }
+    assert json.loads((tmp_path / "data/stickers/metrics.json").read_text()) == {"count": 3, "valid": 3}
+    provenance = json.loads((tmp_path / "data/stickers/provenance.json").read_text())
+    assert provenance["methods"] == {method: 3}  # how each was cut: in provenance, beside segment's
     sidecar = json.loads(
         (tmp_path / "data/stickers/images/cell0__kept__img0.json").read_text(encoding="utf-8")
     )
