@@ -29,6 +29,7 @@ from PIL import Image
 
 from emojich.data.images import PreparedRow, decode_png_array, encode_png, read_prepared_manifest
 from emojich.data.split import TRAIN, VALIDATION
+from emojich.foundation.device import check_precision
 from emojich.foundation.layout import IMAGES_DIR, MASK_KIND, RGB_KIND, UPSCALED_PREFIX
 from emojich.foundation.params import from_dict, load_section
 from emojich.foundation.progress import progress_bar
@@ -68,6 +69,10 @@ class UpscaleParams:
     eval_images: int = 64  # held-out (validation) pairs for the PSNR metric
     threads: int = 2  # torch intra-op threads; 0 leaves torch's default
     device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16: super-resolution under bf16 autocast (training stays fp32)
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision, "upscale.precision")
 
 
 def _spread(rows: list[PreparedRow], count: int) -> list[PreparedRow]:
@@ -153,7 +158,7 @@ def _upscale_dataset(
     model, variant, train_info = choose_upscaler(rows, prepared, params, device, progress)
     trained = time.perf_counter()
     held_out = _spread(_largest(rows, VALIDATION, 16), params.eval_images)
-    quality = evaluate_sr(model, _load_rgb(prepared, held_out), params.batch_size)
+    quality = evaluate_sr(model, _load_rgb(prepared, held_out), params.batch_size, params.precision)
     evaluated = time.perf_counter()
 
     if model is None:  # keep the declared output; its metadata says nothing was learnt
@@ -185,6 +190,7 @@ def _upscale_dataset(
         "target_size": target,
         "images": {"total": len(rows), **counts},
         "psnr_heldout": quality,
+        "precision": params.precision,
         "train": train_info,
         "timing_s": {
             "train": round(trained - started, 2),
@@ -226,6 +232,7 @@ def _upscale_chunk(
             params.tile,
             params.tile_overlap,
             sr_max_side=params.sr_max_side,
+            precision=params.precision,
         )
         for (row, mask_png), pixels in zip(work, outputs, strict=True):
             sr = model is not None and needs_super_resolution(

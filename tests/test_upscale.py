@@ -54,6 +54,32 @@ def test_super_resolve_groups_sizes_and_keeps_order() -> None:
     np.testing.assert_array_equal(out[3], alone[0])
 
 
+def test_bf16_super_resolution_stays_within_a_level_or_two_of_fp32() -> None:
+    # The demo's preset adds its residual to a bicubic base. Its last conv starts at zero, so the
+    # weights are nudged to make the residual real (tens of levels here; a trained one is smaller).
+    torch.manual_seed(0)
+    model = RRDBNet(preset("demo")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    images = [_emoji_rgb(i, 24) for i in range(4)]
+    exact = np.stack(super_resolve(model, images, precision="fp32")).astype(int)
+    fast = np.stack(super_resolve(model, images, precision="bf16")).astype(int)
+    bicubic = np.stack(super_resolve(RRDBNet(preset("demo")).eval(), images)).astype(int)
+    assert np.abs(exact - bicubic).mean() > 10
+    difference = np.abs(exact - fast)
+    assert difference.max() <= 2
+    assert difference.mean() < 0.25
+    assert evaluate_sr(model, images, precision="bf16")["model_db"] == pytest.approx(
+        evaluate_sr(model, images)["model_db"], abs=0.05
+    )
+
+
+def test_unknown_precision_is_a_one_line_error() -> None:
+    with pytest.raises(ValueError, match=r"upscale\.precision must be one of fp32, bf16, got .fp16."):
+        UpscaleParams(precision="fp16")
+
+
 def test_upscale_to_gives_exact_target() -> None:
     model = _random_model(SMALL)
     images = [_emoji_rgb(1, 24), _emoji_rgb(2, 72), _emoji_rgb(3, 300), _emoji_rgb(4, 256)[:50, :30]]

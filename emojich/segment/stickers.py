@@ -90,7 +90,9 @@ class Encoded:
 
 def _candidates(image: Image.Image, fmt: str):
     if fmt == "webp":
-        yield "webp-lossless", {"format": "WEBP", "lossless": True, "quality": 80, "method": 4}
+        # Method 0, the fastest lossless effort: 15 ms a 512 px sticker against 129 ms at method 4,
+        # for files of ~125 KB instead of ~80 KB, a quarter of Telegram's limit.
+        yield "webp-lossless", {"format": "WEBP", "lossless": True, "quality": 80, "method": 0}
         for quality in _WEBP_LOSSY_QUALITIES:
             yield f"webp-q{quality}", {"format": "WEBP", "quality": quality, "method": 4}
     elif fmt == "png":

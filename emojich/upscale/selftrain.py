@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from emojich.foundation.device import autocast
 from emojich.foundation.progress import progress_bar
 from emojich.models.rrdbnet import RRDBNet, RRDBNetConfig
 from emojich.upscale.superres import model_device, size_groups, sr_batch, to_tensor
@@ -111,10 +112,11 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate_sr(
-    model: RRDBNet | None, hr_images: Sequence[np.ndarray], batch_size: int = 16
+    model: RRDBNet | None, hr_images: Sequence[np.ndarray], batch_size: int = 16, precision: str = "fp32"
 ) -> dict[str, float | int | None]:
     """PSNR of model vs bicubic on (bicubic-reduced, original) pairs; images are cropped to a
-    multiple of the scale. Use held-out images only, or the number measures memorisation."""
+    multiple of the scale. Use held-out images only, or the number measures memorisation.
+    `precision` is the one the images will be super-resolved in, so the number is theirs."""
     scale = model.scale if model is not None else 4
     crops = [a[: a.shape[0] // scale * scale, : a.shape[1] // scale * scale] for a in hr_images]
     crops = [c for c in crops if min(c.shape[:2]) >= scale]
@@ -130,7 +132,9 @@ def evaluate_sr(
             lr = lr.mul(255.0).round_().div_(255.0)
             bicubic_scores.append(psnr(bicubic_upscale(lr, scale), hr))
             if model is not None:
-                model_scores.append(psnr(sr_batch(model.eval(), lr).clamp(0.0, 1.0), hr))
+                with autocast(precision, device):
+                    upscaled = sr_batch(model.eval(), lr)
+                model_scores.append(psnr(upscaled.float().clamp(0.0, 1.0), hr))
     bicubic_db = float(torch.cat(bicubic_scores).mean())
     model_db = float(torch.cat(model_scores).mean()) if model_scores else None
     return {
