@@ -66,7 +66,8 @@ class GenerateParams:
     checkpoint: str = "data/finetune/model.safetensors"
     tokens: str = "data/tokens"  # bpe.json and vqgan.safetensors
     upscaler: str | None = "data/upscaled/rrdbnet.safetensors"
-    # Classifier-free guidance scale; 1 = off (the report). Needs a model trained with caption dropout.
+    # Guidance scale; 1 = off (the report). See `sampling.sample`: from the subject alone for a model
+    # with a caption memory, from an empty caption (needs caption dropout in training) otherwise.
     guidance: float = 1.0
     threads: int = 0  # torch threads; 0 = torch default
     device: str = "auto"

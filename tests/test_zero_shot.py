@@ -293,3 +293,44 @@ def test_the_memory_looks_up_the_subject_unless_the_whole_caption_is_a_learnt_na
     phrase = torch.stack([elsewhere, memory.keys[3]])[None]  # «синий кролик»: its subject is learnt
     assert memory.nearest_slot(memory.query(named)).item() == 2
     assert memory.nearest_slot(memory.query(phrase)).item() == 3
+
+
+def test_attribute_guidance_reads_one_drawing_and_leaves_plain_captions_alone(monkeypatch):
+    model = _by_reference().eval()
+    memory = model.caption_memory
+    kwargs = dict(images_num=4, top_k=64, top_p=1.0, seed=0, progress=False)
+    blank = model.blank_text(1)
+
+    plain = memory.keys[2][None, None, :].expand(1, 2, -1)  # «кролик»: the caption is its subject
+    assert torch.equal(
+        generate(model, blank, conditions=plain, guidance=3.0, **kwargs).codes,
+        generate(model, blank, conditions=plain, guidance=1.0, **kwargs).codes,
+    )
+
+    # «синее сердце»: a learnt name with a colour word, whose subject lies elsewhere. The memory
+    # finds the name's own drawing; the guided stream must read that drawing too, not the subject's.
+    generator = torch.Generator().manual_seed(9)
+    elsewhere = torch.nn.functional.normalize(torch.randn(memory.keys.shape[1], generator=generator), dim=0)
+    named = torch.stack([memory.keys[2], elsewhere])[None]
+    counterpart = model.guidance_counterpart(named)
+    assert torch.equal(counterpart, torch.stack([elsewhere, elsewhere])[None])
+    assert memory.nearest_slot(memory.query(counterpart)).item() != 2
+
+    read: list[torch.Tensor] = []
+    original = Dalle.drawing_reference
+
+    def recording(self, *args, **kw):
+        result = original(self, *args, **kw)
+        read.append(result)
+        return result
+
+    monkeypatch.setattr(Dalle, "drawing_reference", recording)
+    guided = generate(model, blank, conditions=named, guidance=3.0, **kwargs)
+    both = read[-1]  # what the decoder ran: the conditional rows, then the guided ones
+    assert both.shape[0] == 8
+    assert torch.equal(both[:4], both[4:])
+    assert (both == memory.slot_codes[2]).all()
+    monkeypatch.undo()
+    assert not torch.equal(
+        guided.codes, generate(model, blank, conditions=named, guidance=1.0, **kwargs).codes
+    )

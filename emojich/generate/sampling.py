@@ -312,9 +312,14 @@ class IncrementalDecoder:
 
     @torch.inference_mode()
     def prefill(
-        self, text_ids: torch.Tensor, condition: torch.Tensor | None = None, draws: torch.Tensor | None = None
+        self,
+        text_ids: torch.Tensor,
+        condition: torch.Tensor | None = None,
+        draws: torch.Tensor | None = None,
+        reference: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Run the caption; `draws` (one uniform per row) pick a by-reference model's drawings."""
+        """Run the caption; `draws` (one uniform per row) pick a by-reference model's drawings,
+        unless `reference` gives them."""
         model, transformer = self.model, self.model.transformer
         text_ids = text_ids.to(self.device)
         condition = None if condition is None else condition.to(self.device)
@@ -323,7 +328,9 @@ class IncrementalDecoder:
             raise ValueError(f"batch of {b} captions exceeds the cache's batch size {self.keys.shape[1]}")
         self.batch, self.image_position = b, 0
         self.reference = model.drawing_reference(
-            condition, draws=None if draws is None else draws.to(self.device)
+            condition,
+            None if reference is None else reference.to(self.device),
+            draws=None if draws is None else draws.to(self.device),
         )
         with self._context():
             x = model.embed_text(model.text_tokens(text_ids), condition, self.reference)
@@ -420,7 +427,10 @@ def generate(
     `guidance` > 1 turns on classifier-free guidance (not in the release): every image also runs
     with an empty caption (all padding, what a model trained with caption dropout saw for "no
     caption") in the same batch, and tokens are drawn from `guide(...)`. It costs a second
-    stream per image. Image i still depends only on (caption, settings, seed, i).
+    stream per image. Image i still depends only on (caption, settings, seed, i). A model with
+    a caption memory is guided away from the caption's subject alone instead, drawn from the same
+    reference (`Dalle.guidance_counterpart`): attribute guidance, which strengthens a colour asked
+    for and leaves captions with no attribute as they are, at no cost.
 
     `image_indices` samples only those images of the caption-major numbering, in that order
     (batches of `batch_size` taken from it), so processes can share one request: a process
@@ -458,6 +468,12 @@ def generate(
         raise ValueError(f"image_indices must lie in [0, {total})")
 
     guided = guidance != 1.0
+    counterparts = None
+    if guided and conditions is not None:
+        counterparts = model.guidance_counterpart(conditions)
+        # A caption with nothing beyond its subject is its own counterpart: guidance would
+        # change nothing, so it costs nothing either.
+        guided = not torch.allclose(conditions, counterparts, atol=1e-5)
     was_training = model.training
     model.eval()
     decoder = IncrementalDecoder(model, 2 * batch_size if guided else batch_size, dtype)
@@ -476,15 +492,21 @@ def generate(
                 rows = [i // images_num for i in indices]
                 text = captions[rows]
                 condition = None if conditions is None else conditions[rows]
-                if guided:  # conditional rows first, then the same images without a caption
-                    text = torch.cat([text, torch.zeros_like(text)])
-                    if condition is not None:
-                        condition = torch.cat([condition, torch.zeros_like(condition)])
-                draws = None
+                draws = reference = None
                 if model.reference_embeddings is not None:
                     draws = reference_draws(seed, indices)
-                    draws = torch.cat([draws, draws]) if guided else draws
-                logits = decoder.prefill(text, condition, draws)
+                    if guided:  # both streams read the drawing the caption finds
+                        reference = model.drawing_reference(
+                            condition.to(decoder.device), draws=draws.to(decoder.device)
+                        ).repeat(2, 1)
+                # Guided: conditional rows first, then the same images without a caption (or, with
+                # a caption memory, with its subject alone: `Dalle.guidance_counterpart`).
+                if guided:
+                    text = torch.cat([text, torch.zeros_like(text)])
+                    if condition is not None:
+                        assert counterparts is not None
+                        condition = torch.cat([condition, counterparts[rows]])
+                logits = decoder.prefill(text, condition, draws, reference)
                 for j in range(steps):
                     conditional, mixed = logits, None
                     if guided:

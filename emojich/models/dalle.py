@@ -631,6 +631,15 @@ class Dalle(nn.Module):
             return condition[:, 0]
         return condition[:, 0] - condition[:, 1]
 
+    def guidance_counterpart(self, condition: torch.Tensor) -> torch.Tensor:
+        """The caption vectors guidance moves away from. With a caption memory, the subject alone
+        (its vector twice: no attribute), so that guidance strengthens what the caption says beyond
+        its subject («синий» in «синий кролик») over the same drawing; the model learnt that
+        counterpart from every plain name, with no caption dropout. Without one, zeros: no caption."""
+        if self.caption_memory is None:
+            return torch.zeros_like(condition)
+        return condition[:, 1:2].expand_as(condition).clone()
+
     def blank_text(self, count: int, device: torch.device | str | None = None) -> torch.Tensor:
         """All-padding text ids: what a conditioned model reads beside its caption vectors."""
         return torch.zeros(count, self.config.text_seq_length, dtype=torch.long, device=device)
