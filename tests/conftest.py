@@ -30,6 +30,18 @@ def smoke_pipeline(tmp_path_factory) -> tuple[Path, str]:
     return path, result.stdout
 
 
+@pytest.fixture(scope="module")
+def fake():
+    """The fake Telegram Bot API on 127.0.0.1, one per test module that asks for it (imported
+    here, not at the top, so tests that do not use it never load the bot's code)."""
+    from tests.bot_harness import TOKEN
+    from tests.fake_telegram import FakeTelegram
+
+    server = FakeTelegram(TOKEN).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def pipeline_copy(smoke_pipeline, tmp_path) -> Path:
     """A private copy of the reproduced pipeline, for tests that tamper with it."""

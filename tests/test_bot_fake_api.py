@@ -13,16 +13,8 @@ from telegram import Bot, InputFile, InputSticker
 from telegram.error import BadRequest, InvalidToken
 
 from tests.bot_harness import TOKEN
-from tests.fake_telegram import FakeTelegram
 
 USER = 7001
-
-
-@pytest.fixture(scope="module")
-def fake():
-    server = FakeTelegram(TOKEN).start()
-    yield server
-    server.stop()
 
 
 def _png_bytes(size):

@@ -7,17 +7,9 @@ import time
 import pytest
 
 from emojich.bot import texts
-from tests.bot_harness import TOKEN, BotThread, fake_run, make_config
-from tests.fake_telegram import FakeTelegram
+from tests.bot_harness import BotThread, fake_run, make_config
 
 DELAY = 2.0  # seconds the fake generator takes per job
-
-
-@pytest.fixture(scope="module")
-def fake():
-    server = FakeTelegram(TOKEN).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

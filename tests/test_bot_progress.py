@@ -18,8 +18,7 @@ import pytest
 from emojich.bot import texts
 from emojich.bot.progress import REFUSED, Estimate, ProgressMessage
 from emojich.bot.store import Store
-from tests.bot_harness import TOKEN, BotThread, fake_run, make_config
-from tests.fake_telegram import FakeTelegram
+from tests.bot_harness import BotThread, fake_run, make_config
 
 INTERVAL = 0.4  # bot.progress_interval_s here; 3 s in params.yaml
 SLOW = "медленная кошка"  # 2.4 s: about 1.4 s of reported steps, then 1 s of decoding
@@ -27,13 +26,6 @@ REFUSED_EDITS = "кошка без правок"
 REFUSED_DELETE = "кошка без удаления"
 DELAYS = {SLOW: 2.4, REFUSED_EDITS: 1.2, REFUSED_DELETE: 1.2}  # any other caption: at once
 PERCENT = re.compile(r"(\d+) %")
-
-
-@pytest.fixture(scope="module")
-def fake():
-    server = FakeTelegram(TOKEN).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
