@@ -62,7 +62,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from emojich.generate.sampling import IncrementalDecoder, _attend_segments, key_segments, reference_draws
+from emojich.generate.sampling import (
+    IncrementalDecoder,
+    _attend_segments,
+    attention_segments,
+    reference_draws,
+)
 from emojich.models.dalle import Dalle, DalleConfig
 from emojich.models.int8 import Int8Linear
 from emojich.models.packed import PackedLinear, pack_linears
@@ -167,20 +172,7 @@ def decoder_at(
     decoder = IncrementalDecoder(model, 1)  # its one-image cache is replaced just below
     if matmul:
         decoder.attend = _attend_segments
-        decoder.segments = {
-            kind: [
-                tuple(s if isinstance(s, slice) else torch.from_numpy(s) for s in segs)
-                for segs in key_segments(
-                    kind,
-                    cfg.text_seq_length,
-                    cfg.image_tokens_per_dim,
-                    cfg.format,
-                    cfg.conv_kernel,
-                    decoder.first_query,
-                )
-            ]
-            for kind in decoder.segments
-        }
+        decoder.segments = attention_segments(cfg, flash=False)
     elif share_text and batch > 1:
         decoder.shared = decoder.first_query
     length = decoder.first_query + position + 1  # the step writes position `length - 1`

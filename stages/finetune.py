@@ -217,6 +217,29 @@ def _fmt(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:.6g}"
 
 
+def _sample(
+    model: Dalle,
+    text: torch.Tensor,
+    conditions: torch.Tensor | None,
+    images_num: int,
+    params: EvalParams,
+    guidance: float = 1.0,
+):
+    """`images_num` images per caption with the evaluation's sampler settings."""
+    return generate(
+        model,
+        text,
+        conditions=conditions,
+        images_num=images_num,
+        top_k=min(params.top_k, model.config.image_vocab_size),
+        top_p=params.top_p,
+        temperature=params.temperature,
+        seed=params.seed,
+        progress=False,
+        guidance=guidance,
+    )
+
+
 def sample_sheet(
     model: Dalle, vqgan: VQGan, tokenizer: TextTokenizer, params: EvalParams, device: torch.device
 ):
@@ -226,18 +249,7 @@ def sample_sheet(
         conditions = load_encoder(model.config.text_encoder).condition(params.prompts)
     else:
         text = tokenizer.encode_batch(params.prompts, model.config.text_seq_length)
-    result = generate(
-        model,
-        text,
-        conditions=conditions,
-        images_num=params.images_per_prompt,
-        top_k=min(params.top_k, model.config.image_vocab_size),
-        top_p=params.top_p,
-        temperature=params.temperature,
-        seed=params.seed,
-        progress=False,
-        guidance=params.guidance,
-    )
+    result = _sample(model, text, conditions, params.images_per_prompt, params, params.guidance)
     images = to_uint8(vqgan.decode(result.codes))
     return image_grid(images, columns=params.images_per_prompt)
 
@@ -268,16 +280,8 @@ def generalisation(model: Dalle, vqgan: VQGan, tokens: Path, params: EvalParams)
     metrics: dict[str, float] = {}
     for prompt_set in sets:
         texts = [prompt.text for prompt in prompt_set.prompts]
-        result = generate(
-            model,
-            model.blank_text(len(texts)),
-            conditions=encoder.condition(texts),
-            images_num=params.set_attempts,
-            top_k=min(params.top_k, model.config.image_vocab_size),
-            top_p=params.top_p,
-            temperature=params.temperature,
-            seed=params.seed,
-            progress=False,
+        result = _sample(
+            model, model.blank_text(len(texts)), encoder.condition(texts), params.set_attempts, params
         )
         images = to_uint8(vqgan.decode(result.codes.to(next(vqgan.parameters()).device)).cpu())
         metrics.update(set_metrics(reference, prompt_set, list(images.split(params.set_attempts))))

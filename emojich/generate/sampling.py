@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from emojich.foundation.progress import OnProgress, progress_bar
-from emojich.models.dalle import Dalle, masked_attention
+from emojich.models.dalle import Dalle, DalleConfig, masked_attention
 from emojich.models.masks import build_mask
 
 # A run of allowed keys as a (possibly strided) slice, or the explicit positions of a scattered set.
@@ -256,6 +256,31 @@ def _text_and_image_segments(
 # ----- cached decoding -----
 
 
+def attention_segments(
+    cfg: DalleConfig, flash: bool, device: torch.device | str = "cpu"
+) -> dict[str, list[tuple[slice | torch.Tensor, ...]]]:
+    """Per mask kind, per image position: the cache index groups a decode step's query reads
+    (`key_segments`), as tensors on `device`; with `flash`, text and image groups apart."""
+    first_query = cfg.text_positions
+    return {
+        kind: [
+            tuple(
+                s if isinstance(s, slice) else torch.from_numpy(s).to(device)
+                for s in (_text_and_image_segments(segs, first_query) if flash else segs)
+            )
+            for segs in key_segments(
+                kind,
+                cfg.text_seq_length,
+                cfg.image_tokens_per_dim,
+                cfg.format,
+                cfg.conv_kernel,
+                first_query,
+            )
+        ]
+        for kind in set(cfg.layer_masks or ())
+    }
+
+
 class IncrementalDecoder:
     """Prefill the caption, then feed image codes one at a time, with a static key/value cache.
 
@@ -277,23 +302,7 @@ class IncrementalDecoder:
         self.first_query = cfg.text_positions
         flash = self.device.type == "cpu" and self.dtype in _FLASH_DTYPES
         self.attend = _attend_segments_flash if flash else _attend_segments
-        self.segments = {
-            kind: [
-                tuple(
-                    s if isinstance(s, slice) else torch.from_numpy(s).to(self.device)
-                    for s in (_text_and_image_segments(segs, self.first_query) if flash else segs)
-                )
-                for segs in key_segments(
-                    kind,
-                    cfg.text_seq_length,
-                    cfg.image_tokens_per_dim,
-                    cfg.format,
-                    cfg.conv_kernel,
-                    self.first_query,
-                )
-            ]
-            for kind in set(cfg.layer_masks or ())
-        }
+        self.segments = attention_segments(cfg, flash, self.device)
         self.flash = flash
         self.batch = 0
         self.image_position = 0  # index of the next image code to feed
